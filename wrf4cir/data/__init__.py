@@ -1,0 +1,24 @@
+"""CIR datasets: the contract (:mod:`.base`) and the registered loaders."""
+
+from wrf4cir.data import synthetic as _synthetic  # noqa: F401  (registers synthetic-*)
+from wrf4cir.data.base import (
+    CIRDataset,
+    DataError,
+    DatasetView,
+    Query,
+    build_dataset,
+    list_datasets,
+    register_dataset,
+    subsample_queries,
+)
+
+__all__ = [
+    "CIRDataset",
+    "DataError",
+    "DatasetView",
+    "Query",
+    "build_dataset",
+    "list_datasets",
+    "register_dataset",
+    "subsample_queries",
+]
