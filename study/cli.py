@@ -1,0 +1,130 @@
+"""The ``wrf4cir-study`` command: run, resume, extend, status, export.
+
+Bad input (spec, study folder, flags) exits with code 2 and one line on stderr before
+any Ray instance starts or any folder is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("study")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wrf4cir-study", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more output (-v: Ray's trial table and worker logs)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cluster(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--address", help="join a Ray cluster ('auto', 'ray://host:10001'); "
+                                         "default: start a local Ray instance")
+        q.add_argument("--no-ship-code", dest="ship_code", action="store_false",
+                       help="on a cluster, do not ship wrf4cir/study to the workers "
+                            "(they have it installed)")
+
+    r = sub.add_parser("run", help="launch a study from a spec")
+    r.add_argument("spec", type=Path, help="study spec (YAML), e.g. experiments/smoke.yaml")
+    r.add_argument("--name", help="study name (default: the spec's)")
+    r.add_argument("--storage", default="results",
+                   help="where studies live: a local folder (default: results/) or a URI "
+                        "Ray's storage understands (s3://..., gs://...) for trial checkpoints")
+    cluster(r)
+
+    s = sub.add_parser("resume", help="continue an interrupted study")
+    s.add_argument("study_dir", type=Path)
+    cluster(s)
+
+    e = sub.add_parser("extend", help="add trials to a finished study")
+    e.add_argument("study_dir", type=Path)
+    e.add_argument("--samples", type=int, required=True,
+                   help="more Optuna trials per grid cell (searches) or more seeds (grids)")
+    cluster(e)
+
+    st = sub.add_parser("status", help="what a study has done (running, crashed or finished)")
+    st.add_argument("study_dir", type=Path)
+
+    x = sub.add_parser("export", help="write trials.parquet and epochs.parquet")
+    x.add_argument("study_dir", type=Path)
+    x.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("study", "wrf4cir"):
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose or args.command in
+                                         ("run", "resume", "extend") else logging.WARNING)
+    from study.runner import StudyError
+    from study.spec import SpecError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except (SpecError, StudyError) as exc:
+        print(f"wrf4cir-study: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wrf4cir-study: interrupted; continue with `wrf4cir-study resume STUDY_DIR`",
+              file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from study.export import export_study
+    from study.runner import run_study
+    from study.spec import load_spec
+
+    study = load_spec(args.spec)
+    study_dir = run_study(study, storage=args.storage, name=args.name, address=args.address,
+                          ship_code=args.ship_code, verbose=args.verbose)
+    out = export_study(study_dir)
+    print(f"study {study_dir}\nexported {out}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from study.export import export_study
+    from study.runner import resume_study
+
+    study_dir = resume_study(args.study_dir, address=args.address, ship_code=args.ship_code,
+                             verbose=args.verbose)
+    print(f"study {study_dir}\nexported {export_study(study_dir)}")
+    return 0
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from study.export import export_study
+    from study.runner import extend_study
+
+    study_dir = extend_study(args.study_dir, args.samples, address=args.address,
+                             ship_code=args.ship_code, verbose=args.verbose)
+    print(f"study {study_dir}\nexported {export_study(study_dir)}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from study.status import study_status
+
+    print(study_status(args.study_dir))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from study.export import export_study
+
+    print(export_study(args.study_dir, args.out))
+    return 0
+
+
+_COMMANDS = {"run": _run, "resume": _resume, "extend": _extend, "status": _status,
+             "export": _export}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The Ray Tune function trainable: one trial = one ``wrf4cir.fit``.
+
+It rebuilds the trial's training config from the study (``base`` + grid cell + Optuna
+params + repeat seed), reports every epoch with ``tune.report``, hands each checkpoint
+``fit`` writes to Tune as a ``tune.Checkpoint``, and on a restart continues from
+``tune.get_checkpoint()``, not from epoch 0. Only ``ray.tune.*`` names are used here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from study.spec import Study, parse_spec
+from wrf4cir import EpochReport, NonFiniteLossError, fit
+from wrf4cir.config import Config
+
+# keys of a trial's Tune config (what the searcher or the grid produce)
+CELL, REPEAT, PARAMS = "cell", "repeat", "params"
+
+
+def trial_config(study: Study, trial_params: dict[str, Any], out_dir: Path,
+                 resources_cpu: float) -> Config:
+    """The wrf4cir config of a trial, with its run settings for a Tune worker."""
+    cell = study.cell(trial_params[CELL])
+    data = study.config_dict(cell, int(trial_params.get(REPEAT, 0)),
+                             trial_params.get(PARAMS) or {})
+    run = data.setdefault("run", {})
+    run.update(out_dir=str(out_dir), progress=False,
+               threads=max(1, math.floor(resources_cpu)),
+               checkpoint_every=study.spec.checkpoint.every,
+               keep_checkpoints=study.spec.checkpoint.keep)
+    return Config.from_dict(data)
+
+
+def make_trainable(spec_data: dict[str, Any], cache_dir: str | None):
+    """The function trainable for a study (the spec travels as plain data)."""
+
+    def train_cir(trial_params: dict[str, Any]) -> None:
+        if cache_dir:  # share generated data and pre-trained backbones with the driver
+            os.environ["WRF4CIR_CACHE"] = cache_dir
+        study = parse_spec(spec_data)
+        cpu = float(study.spec.resources.cpu)
+        out_dir = Path(os.getcwd()) / "fit"
+        config = trial_config(study, trial_params, out_dir, cpu)
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            # continue from what Tune restored, not from epoch 0
+            restored = out_dir / "restored"
+            restored.mkdir(parents=True, exist_ok=True)
+            local = checkpoint.to_directory(str(restored))
+            config.run.resume = str(local)
+        constants = {"cell": trial_params[CELL], "max_epochs": float(config.optim.epochs),
+                     "hostname": socket.gethostname(), "diverged": 0.0}
+
+        def report(r: EpochReport) -> None:
+            metrics = {**r.metrics, **constants}
+            if r.checkpoint is not None:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(r.checkpoint)))
+            else:
+                tune.report(metrics)
+
+        try:
+            fit(config, callbacks=[report])
+        except NonFiniteLossError as exc:
+            # deterministic: retrying would diverge again; end the trial and say why
+            tune.report({**constants, "diverged": 1.0, "error": str(exc),
+                         "epoch": float("nan")})
+
+    train_cir.__name__ = "train_cir"
+    return train_cir
