@@ -14,6 +14,8 @@ from study.ledger import Ledger
 from study.spec import parse_spec
 from study.trainable import CELL, PARAMS, REPEAT
 
+# what a trial reports that is ours (Ray adds its own keys: time_total_s, config, ...)
+METRIC_PREFIXES = ("train/", "val/", "probe/", "gap/", "time/", "sharpness/", "trial/")
 _RAY_TO_STATUS = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "running"}
 
 
@@ -108,8 +110,9 @@ class LedgerCallback(tune.Callback):
         epoch = result.get("epoch")
         if epoch is None or not math.isfinite(float(epoch)):
             return
-        metrics = {k: v for k, v in result.items() if "/" in k or k in ("epoch", "step", "lr",
-                                                                         "logit_scale")}
+        metrics = {k: v for k, v in result.items()
+                   if k.startswith(METRIC_PREFIXES) or k in ("epoch", "step", "lr",
+                                                              "logit_scale")}
         self.ledger.record_epoch(self.key(trial), int(epoch), metrics)
         self.ledger.upsert_trial(self.key(trial), epochs_done=int(epoch),
                                  node=result.get("hostname") or result.get("node_ip"),

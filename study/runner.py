@@ -153,6 +153,8 @@ def init_ray(address: str | None, ship_code: bool, verbose: int) -> None:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # Ray's newer console output ignores verbose=0; our ProgressCallback is the summary
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # tiny trials checkpoint every few seconds, which Tune would warn about at length
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     env_vars = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
@@ -287,7 +289,7 @@ def run_study(study: Study, storage: str | Path = "results", name: str | None = 
         raise StudyError(f"{study_dir}: a study already lives here; use `wrf4cir-study resume "
                          f"{study_dir}` or `extend`, or choose another --name")
     check_resources(study, address)
-    spec_data = study.spec.model_dump(mode="json", exclude_none=True)
+    spec_data = study.spec.model_dump(mode="json", exclude_none=True, by_alias=True)
     spec_data["name"] = name
     ray_storage = f"{storage_str.rstrip('/')}/{name}" if is_uri else str(study_dir / "tune")
     study_dir.mkdir(parents=True, exist_ok=True)

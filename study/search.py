@@ -37,7 +37,7 @@ def optuna_distributions(space: dict[str, Distribution]
         if d.kind == "choice":
             out[key] = optuna.distributions.CategoricalDistribution(d.choice)
         elif d.kind == "int":
-            out[key] = optuna.distributions.IntDistribution(*d.int)
+            out[key] = optuna.distributions.IntDistribution(*d.int_)
         elif d.kind == "loguniform":
             out[key] = optuna.distributions.FloatDistribution(*d.loguniform, log=True)
         else:
@@ -96,10 +96,17 @@ class HonestOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("outcome", reason)
         try:
             self._ot_study.tell(ot_trial, values, state=state)
-        except Exception as exc:  # noqa: BLE001 - Optuna refuses e.g. NaN values
-            log.warning("optuna refused trial %s (%s); recording it as failed", trial_id, exc)
-            self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
-            state = TrialState.FAIL
+        except Exception as exc:  # noqa: BLE001
+            stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
+            if stored.state.is_finished():
+                # told; the sampler complained afterwards (GridSampler calls study.stop(),
+                # which Optuna only allows inside study.optimize)
+                state = stored.state
+            else:  # refused, e.g. a NaN value
+                log.warning("optuna refused trial %s (%s); recording it as failed",
+                            trial_id, exc)
+                self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
+                state = TrialState.FAIL
         self._completed_trials.add(trial_id)
         self._outcome[trial_id] = state
 

@@ -73,13 +73,14 @@ class Distribution(_Strict):
 
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None  # noqa: A003 - the spec's own word
+    # the spec's word is "int"; the attribute is int_ so the builtin stays usable here
+    int_: tuple[int, int] | None = Field(None, alias="int")
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
         given = [k for k in ("uniform", "loguniform", "int", "choice")
-                 if getattr(self, k) is not None]
+                 if self.values(k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of uniform, loguniform, int, choice")
         kind = given[0]
@@ -87,7 +88,7 @@ class Distribution(_Strict):
             if not self.choice:
                 raise ValueError("choice: needs at least one value")
         else:
-            lo, hi = getattr(self, kind)
+            lo, hi = self.values(kind)
             if not lo < hi:
                 raise ValueError(f"{kind}: low must be < high, got [{lo}, {hi}]")
             if kind == "loguniform" and lo <= 0:
@@ -97,7 +98,12 @@ class Distribution(_Strict):
     @property
     def kind(self) -> str:
         return next(k for k in ("uniform", "loguniform", "int", "choice")
-                    if getattr(self, k) is not None)
+                    if self.values(k) is not None)
+
+    def values(self, kind: str | None = None) -> Any:
+        """The bounds (or choices) of ``kind`` (default: this distribution's kind)."""
+        kind = kind or self.kind
+        return getattr(self, "int_" if kind == "int" else kind)
 
 
 class SearchSpec(_Strict):
@@ -304,7 +310,7 @@ def parse_spec(data: Mapping[str, Any], source: Path | None = None) -> Study:
     _preflight(study, where)
     if spec.search:  # each distribution's ends must be valid values too
         for key, dist in spec.search.space.items():
-            values = dist.choice if dist.kind == "choice" else list(getattr(dist, dist.kind))
+            values = dist.choice if dist.kind == "choice" else list(dist.values())
             for value in values:
                 try:
                     study.config(study.cells[0], 0, {**probe, key: value})
@@ -345,7 +351,7 @@ def _space_probe(search: SearchSpec | None) -> dict[str, Any]:
             lo, hi = dist.loguniform
             out[key] = math.sqrt(lo * hi)
         elif dist.kind == "int":
-            out[key] = dist.int[0]
+            out[key] = dist.int_[0]
         else:
             lo, hi = dist.uniform
             out[key] = (lo + hi) / 2

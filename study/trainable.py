@@ -18,6 +18,7 @@ from ray import tune
 
 from study.spec import Study, parse_spec
 from wrf4cir import EpochReport, NonFiniteLossError, fit
+from wrf4cir.checkpoint import checkpoint_epoch
 from wrf4cir.config import Config
 
 # keys of a trial's Tune config (what the searcher or the grid produce)
@@ -49,14 +50,17 @@ def make_trainable(spec_data: dict[str, Any], cache_dir: str | None):
         out_dir = Path(os.getcwd()) / "fit"
         config = trial_config(study, trial_params, out_dir, cpu)
         checkpoint = tune.get_checkpoint()
+        start = 0
         if checkpoint is not None:
             # continue from what Tune restored, not from epoch 0
             restored = out_dir / "restored"
             restored.mkdir(parents=True, exist_ok=True)
             local = checkpoint.to_directory(str(restored))
             config.run.resume = str(local)
+            start = checkpoint_epoch(local) or 0
         constants = {"cell": trial_params[CELL], "max_epochs": float(config.optim.epochs),
-                     "hostname": socket.gethostname(), "diverged": 0.0}
+                     "hostname": socket.gethostname(), "diverged": 0.0,
+                     "trial/resumed_from": float(start)}
 
         def report(r: EpochReport) -> None:
             metrics = {**r.metrics, **constants}

@@ -3,6 +3,7 @@
 Layout under a run directory::
 
     checkpoints/epoch-0003/checkpoint.pt
+    checkpoints/epoch-0003/meta.json     {"epoch": 3, "step": 36}: readable without torch
 
 One directory per checkpoint (the study layer hands such a directory to Ray as a
 ``tune.Checkpoint``). A checkpoint is written to a temporary directory and renamed into
@@ -12,6 +13,7 @@ uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FILENAME = "checkpoint.pt"
+META = "meta.json"
 _DIR_RE = re.compile(r"^epoch-(\d+)$")
 
 
@@ -80,6 +83,8 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        summary = {k: state[k] for k in ("epoch", "step") if isinstance(state.get(k), int)}
+        (tmp / META).write_text(json.dumps(summary) + "\n")
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -109,6 +114,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{file}: not a wrf4cir checkpoint of format {FORMAT_VERSION}")
     return state
+
+
+def checkpoint_epoch(directory: str | Path) -> int | None:
+    """The epoch a checkpoint directory was saved after (from its meta.json), if known."""
+    try:
+        return int(json.loads((Path(directory) / META).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def checkpoint_dir(root: str | Path, epoch: int) -> Path:
