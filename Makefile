@@ -19,8 +19,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
+# the embedded default study; a second `make study` resumes (or just re-exports) it
 study: $(STAMP)
-	$(BIN)/wrf4cir train --config configs/synthetic-shapes.yaml --out results/train-synthetic-shapes
+	if [ -f results/smoke/study.json ]; then \
+		$(BIN)/wrf4cir-study resume results/smoke; \
+	else \
+		$(BIN)/wrf4cir-study run experiments/smoke.yaml --storage results; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -228,9 +228,10 @@ def _apply(data: dict[str, Any], key: str, value: Any) -> None:
 
 def _label_value(value: Any) -> str:
     if isinstance(value, Mapping):
-        if "name" in value:
-            rest = {k: v for k, v in value.items() if k != "name"}
-            return str(value["name"]) + (f"({_short(rest)})" if rest else "")
+        for head in ("name", "kind"):  # model/data sections by name, perturb by kind
+            if head in value:
+                rest = {k: v for k, v in value.items() if k != head}
+                return str(value[head]) + (f"({_short(rest)})" if rest else "")
         return _short(value)
     if isinstance(value, float):
         return f"{value:g}"
