@@ -146,7 +146,9 @@ def prewarm(study: Study) -> None:
             ensure_pretrained(cfg.model.name)
 
 
-def init_ray(address: str | None, ship_code: bool, verbose: int) -> None:
+def init_ray(address: str | None, ship_code: bool, verbose: int,
+             num_cpus: int | None = None) -> None:
+    """Join ``address``, or start a local Ray instance with this machine's CPUs and GPUs."""
     import ray
 
     # our reports leave a diverged trial's last result without the objective
@@ -164,7 +166,7 @@ def init_ray(address: str | None, ship_code: bool, verbose: int) -> None:
     if address is None:
         import torch
 
-        ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=torch.cuda.device_count(),
                  include_dashboard=False, runtime_env=runtime_env,
                  log_to_driver=verbose > 0, logging_level=logging.WARNING)
         return
@@ -232,7 +234,10 @@ def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, A
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
                                     scheduler=scheduler,
-                                    max_concurrent_trials=spec.max_concurrent),
+                                    max_concurrent_trials=spec.max_concurrent,
+                                    # one worker process runs many trials: torch and
+                                    # open_clip are imported once, not once per trial
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=run["id"], storage_path=meta["ray_storage"], callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
@@ -269,6 +274,37 @@ def reconcile_optuna(study_dir: Path, meta: dict[str, Any]) -> None:
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
+_PATH_KEYS = ("data.root", "model.pretrained")
+
+
+def absolute_paths(spec_data: dict[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """The spec with every relative path it names (``data.root``, a ``model.pretrained``
+    file) made absolute against ``cwd``: Ray runs trials in their own directories."""
+    cwd = cwd or Path.cwd()
+
+    def fix(key: str, value: Any) -> Any:
+        if not isinstance(value, str) or key not in _PATH_KEYS:
+            return value
+        if key == "model.pretrained" and os.sep not in value and not (cwd / value).is_file():
+            return value  # an open_clip tag or 'synthetic', not a path
+        return str((cwd / Path(value).expanduser()).resolve())
+
+    def fix_section(section: str, values: dict[str, Any]) -> dict[str, Any]:
+        return {k: fix(f"{section}.{k}", v) for k, v in values.items()}
+
+    out = json.loads(json.dumps(spec_data))
+    for section, values in (out.get("base") or {}).items():
+        if isinstance(values, dict):
+            out["base"][section] = fix_section(section, values)
+    for axis, values in (out.get("grid") or {}).items():
+        out["grid"][axis] = [fix_section(axis, v) if isinstance(v, dict) else fix(axis, v)
+                             for v in values]
+    for key, dist in ((out.get("search") or {}).get("space") or {}).items():
+        if "choice" in dist:
+            dist["choice"] = [fix(key, v) for v in dist["choice"]]
+    return out
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -289,7 +325,8 @@ def run_study(study: Study, storage: str | Path = "results", name: str | None = 
         raise StudyError(f"{study_dir}: a study already lives here; use `wrf4cir-study resume "
                          f"{study_dir}` or `extend`, or choose another --name")
     check_resources(study, address)
-    spec_data = study.spec.model_dump(mode="json", exclude_none=True, by_alias=True)
+    spec_data = absolute_paths(study.spec.model_dump(mode="json", exclude_none=True,
+                                                     by_alias=True))
     spec_data["name"] = name
     ray_storage = f"{storage_str.rstrip('/')}/{name}" if is_uri else str(study_dir / "tune")
     study_dir.mkdir(parents=True, exist_ok=True)

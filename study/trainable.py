@@ -8,6 +8,7 @@ params + repeat seed), reports every epoch with ``tune.report``, hands each chec
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -39,15 +40,27 @@ def trial_config(study: Study, trial_params: dict[str, Any], out_dir: Path,
     return Config.from_dict(data)
 
 
+_STUDIES: dict[str, Study] = {}
+
+
+def _study(spec_data: dict[str, Any]) -> Study:
+    # reused actors run many trials: validate the spec once per process
+    key = json.dumps(spec_data, sort_keys=True)
+    if key not in _STUDIES:
+        _STUDIES[key] = parse_spec(spec_data)
+    return _STUDIES[key]
+
+
 def make_trainable(spec_data: dict[str, Any], cache_dir: str | None):
     """The function trainable for a study (the spec travels as plain data)."""
 
     def train_cir(trial_params: dict[str, Any]) -> None:
         if cache_dir:  # share generated data and pre-trained backbones with the driver
             os.environ["WRF4CIR_CACHE"] = cache_dir
-        study = parse_spec(spec_data)
+        study = _study(spec_data)
         cpu = float(study.spec.resources.cpu)
-        out_dir = Path(os.getcwd()) / "fit"
+        # per trial: a reused actor may run several trials in the same directory
+        out_dir = Path(os.getcwd()) / f"fit-{tune.get_context().get_trial_id()}"
         config = trial_config(study, trial_params, out_dir, cpu)
         checkpoint = tune.get_checkpoint()
         start = 0

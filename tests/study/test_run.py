@@ -162,3 +162,14 @@ def test_a_second_driver_on_the_same_study_is_refused(tmp_path):
     ledger_rows = Ledger(study_dir / "ledger.sqlite", readonly=True).trials()
     resume_study(study_dir)
     assert Ledger(study_dir / "ledger.sqlite", readonly=True).trials() == ledger_rows
+
+
+def test_uri_storage_keeps_checkpoints_there_and_the_ledger_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    remote = tmp_path / "bucket"
+    study_dir = run_study(parse_spec(tiny_spec("uri", grid={})), storage=f"file://{remote}")
+    assert study_dir == tmp_path / "results" / "uri"
+    assert (remote / "uri" / "run-000").is_dir()
+    trials, _ = read(export_study(study_dir))
+    assert list(trials["status"]) == ["completed"]
+    resume_study(study_dir)  # finds the Tune state through the URI; nothing left to do

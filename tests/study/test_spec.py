@@ -125,3 +125,20 @@ def test_paper_gap_fails_only_for_want_of_the_real_datasets():
     # FashionIQ and CIRR loaders come with their own issue; until then this is the one error
     with pytest.raises(SpecError, match="data.name: unknown dataset 'fashioniq'"):
         load_spec(Path(__file__).parents[2] / "experiments" / "paper-gap.yaml")
+
+
+def test_relative_paths_are_made_absolute_before_launch(tmp_path):
+    from study.runner import absolute_paths
+
+    (tmp_path / "w.pt").write_bytes(b"")
+    spec = {"base": {"data": {"root": "data/fiq"}, "model": {"pretrained": "openai"}},
+            "grid": {"data": [{"name": "x", "root": "rel"}], "model.pretrained": ["w.pt"],
+                     "data.root": ["/abs"]},
+            "search": {"space": {"data.root": {"choice": ["a", "/b"]}}}}
+    out = absolute_paths(spec, cwd=tmp_path)
+    assert out["base"]["data"]["root"] == str(tmp_path / "data/fiq")
+    assert out["base"]["model"]["pretrained"] == "openai"  # a tag stays a tag
+    assert out["grid"]["data"][0]["root"] == str(tmp_path / "rel")
+    assert out["grid"]["model.pretrained"] == [str(tmp_path / "w.pt")]
+    assert out["grid"]["data.root"] == ["/abs"]
+    assert out["search"]["space"]["data.root"]["choice"] == [str(tmp_path / "a"), "/b"]
