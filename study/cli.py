@@ -75,37 +75,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _finish(study_dir: Path) -> int:
+    """Export what the driver left; 130 if it was interrupted (Ctrl-C) before the end."""
     from study.export import export_study
+    from study.runner import read_meta
+
+    print(f"study {study_dir}\nexported {export_study(study_dir)}")
+    if any(r["status"] != "finished" for r in read_meta(study_dir)["runs"]):
+        print(f"wrf4cir-study: interrupted; continue with `wrf4cir-study resume {study_dir}`",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     from study.runner import run_study
     from study.spec import load_spec
 
     study = load_spec(args.spec)
-    study_dir = run_study(study, storage=args.storage, name=args.name, address=args.address,
-                          ship_code=args.ship_code, verbose=args.verbose)
-    out = export_study(study_dir)
-    print(f"study {study_dir}\nexported {out}")
-    return 0
+    return _finish(run_study(study, storage=args.storage, name=args.name,
+                             address=args.address, ship_code=args.ship_code,
+                             verbose=args.verbose))
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from study.export import export_study
     from study.runner import resume_study
 
-    study_dir = resume_study(args.study_dir, address=args.address, ship_code=args.ship_code,
-                             verbose=args.verbose)
-    print(f"study {study_dir}\nexported {export_study(study_dir)}")
-    return 0
+    return _finish(resume_study(args.study_dir, address=args.address,
+                                ship_code=args.ship_code, verbose=args.verbose))
 
 
 def _extend(args: argparse.Namespace) -> int:
-    from study.export import export_study
     from study.runner import extend_study
 
-    study_dir = extend_study(args.study_dir, args.samples, address=args.address,
-                             ship_code=args.ship_code, verbose=args.verbose)
-    print(f"study {study_dir}\nexported {export_study(study_dir)}")
-    return 0
+    return _finish(extend_study(args.study_dir, args.samples, address=args.address,
+                                ship_code=args.ship_code, verbose=args.verbose))
 
 
 def _status(args: argparse.Namespace) -> int:

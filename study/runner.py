@@ -250,8 +250,16 @@ def _fit(tuner: Any, study_dir: Path, meta: dict[str, Any], run: dict[str, Any])
     run["status"] = "running"
     write_meta(study_dir, meta)
     tuner.fit()
-    run["status"], run["ended"] = "finished", _now()
+    # Tune returns normally after Ctrl-C too (it saves its state first): trials left
+    # running or pending mean the run was interrupted, not finished
+    left = [t for t in Ledger(study_dir / LEDGER_FILE).trials()
+            if t["run"] == run["id"] and t["status"] in ("running", "pending")]
+    run["status"] = "interrupted" if left else "finished"
+    run["ended"] = _now()
     write_meta(study_dir, meta)
+    if left:
+        log.warning("%s interrupted with %d trials unfinished; continue with "
+                    "`wrf4cir-study resume %s`", run["id"], len(left), study_dir)
     reconcile_optuna(study_dir, meta)
 
 

@@ -60,6 +60,9 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         driver.send_signal(signal.SIGKILL)
         driver.wait()
 
+    from study.status import study_status
+
+    assert "state: interrupted" in study_status(study_dir)  # status works after a crash
     resumed = subprocess.run([*cmd, "resume", str(study_dir)], env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
