@@ -26,6 +26,7 @@ study: $(STAMP)
 	else \
 		$(BIN)/wrf4cir-study run experiments/smoke.yaml --storage results; \
 	fi
+	$(BIN)/wrf4cir-study report results/smoke
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

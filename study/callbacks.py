@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -13,6 +14,8 @@ from ray import tune
 from study.ledger import Ledger
 from study.spec import parse_spec
 from study.trainable import CELL, PARAMS, REPEAT
+
+log = logging.getLogger(__name__)
 
 # what a trial reports that is ours (Ray adds its own keys: time_total_s, config, ...)
 METRIC_PREFIXES = ("train/", "val/", "probe/", "gap/", "time/", "sharpness/", "trial/")
@@ -125,6 +128,24 @@ class LedgerCallback(tune.Callback):
         self.ledger.upsert_trial(self.key(trial), status=status, error=error,
                                  ray_status=trial.status, ended=time.time())
         self._known[trial.trial_id] = trial.status
+        if status != "errored" and not self._study.spec.checkpoint.keep_finished:
+            drop_checkpoints(trial)
+
+
+def drop_checkpoints(trial: Any) -> None:
+    """Delete a finished trial's checkpoints from the study's storage (any file system)."""
+    from pyarrow import fs as pafs
+
+    try:
+        storage = trial.storage
+        infos = storage.storage_filesystem.get_file_info(
+            pafs.FileSelector(storage.trial_fs_path, allow_not_found=True))
+        for info in infos:
+            if info.type == pafs.FileType.Directory and info.base_name.startswith(
+                    "checkpoint_"):
+                storage.storage_filesystem.delete_dir(info.path)
+    except Exception as exc:  # noqa: BLE001 - losing disk space is not worth a crash
+        log.warning("could not delete the checkpoints of %s: %s", trial.trial_id, exc)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                          **info: Any) -> None:

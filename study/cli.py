@@ -1,4 +1,4 @@
-"""The ``wrf4cir-study`` command: run, resume, extend, status, export.
+"""The ``wrf4cir-study`` command: run, resume, extend, status, export, report.
 
 Bad input (spec, study folder, flags) exits with code 2 and one line on stderr before
 any Ray instance starts or any folder is created.
@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write trials.parquet and epochs.parquet")
     x.add_argument("study_dir", type=Path)
     x.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR)")
+
+    rp = sub.add_parser("report", help="gap tables, heatmaps and curves from the export")
+    rp.add_argument("study_dir", type=Path,
+                    help="a study folder, or any folder holding trials.parquet and "
+                         "epochs.parquet (e.g. copied off a cluster)")
+    rp.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR/report)")
     return p
 
 
@@ -126,8 +132,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from study.export import export_study
+    from study.ledger import FILENAME as LEDGER_FILE
+    from study.report import build_report
+    from study.runner import StudyError
+
+    folder = args.study_dir.expanduser().resolve()
+    if (folder / LEDGER_FILE).is_file():
+        export_study(folder)  # refresh the export of a live study folder first
+    missing = [n for n in ("trials.parquet", "epochs.parquet") if not (folder / n).is_file()]
+    if missing:
+        raise StudyError(f"{folder}: no {missing[0]} (run `wrf4cir-study export` first)")
+    print(build_report(folder, args.out) / "index.html")
+    return 0
+
+
 _COMMANDS = {"run": _run, "resume": _resume, "extend": _extend, "status": _status,
-             "export": _export}
+             "export": _export, "report": _report}
 
 
 if __name__ == "__main__":

@@ -106,6 +106,8 @@ def build_tables(study_dir: str | Path) -> tuple[pa.Table, pa.Table]:
             "optuna_number": ref[1] if ref else None,
             "optuna_state": ref[2] if ref else None,
             "best_epoch": best.get("epoch"),
+            "search_params": json.dumps(t["params"], sort_keys=True) if t.get("params")
+            else None,
         }
         flat = flatten(t["config"]) if t.get("config") else {}
         for col, tp in cfg_cols.items():

@@ -25,6 +25,7 @@ optuna_study             string           ``<study>/<cell id>`` (searches only)
 optuna_number            int64            the trial's number in that Optuna study
 optuna_state             string           COMPLETE | PRUNED | FAIL | RUNNING
 best_epoch               int64            epoch with the best ``val/headline``
+search_params            string           JSON of the values Optuna chose (searches)
 config.<key>             typed            every leaf of the training config
                                           (``config.optim.lr``: float64, ...)
 last.<metric>            float64          the last epoch's metrics (``last.val/headline``)
@@ -74,6 +75,7 @@ TRIAL_FIXED: dict[str, pa.DataType] = {
     "optuna_number": pa.int64(),
     "optuna_state": pa.string(),
     "best_epoch": pa.int64(),
+    "search_params": pa.string(),
 }
 EPOCH_FIXED: dict[str, pa.DataType] = {
     "study": pa.string(),

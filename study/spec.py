@@ -144,6 +144,10 @@ class FailureSpec(_Strict):
 class CheckpointSpec(_Strict):
     every: Annotated[int, Field(ge=1)] = 1  # epochs between checkpoints
     keep: Annotated[int, Field(ge=1)] = 2  # most recent checkpoints kept per trial
+    # keep the checkpoints of trials that ended (completed or stopped early): their final
+    # models. false deletes them at the end of each such trial; errored and unfinished
+    # trials keep theirs, since resume needs them
+    keep_finished: bool = True
 
 
 class StudySpec(_Strict):

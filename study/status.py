@@ -13,6 +13,7 @@ from typing import Any
 from study.export import status_counts
 from study.ledger import FILENAME as LEDGER_FILE
 from study.ledger import Ledger
+from study.report.tables import Aggregate, aggregate
 from study.runner import is_locked, load_study
 
 
@@ -50,12 +51,13 @@ def study_status(study_dir: str | Path) -> str:
     for t in trials:
         cells.setdefault(t.get("cell_label") or "?", []).append(t)
     if len(cells) > 1 or study.spec.grid:
-        lines.append("per cell (finished/total, mean last val/headline, mean last gap/headline):")
+        lines.append("per cell: completed/total, last val/headline and gap/headline "
+                     "(mean [95% t-interval] over completed seeds):")
         for label, ts in cells.items():
-            done = [t for t in ts if t["status"] in ("completed", "stopped_early")]
+            done = [t for t in ts if t["status"] == "completed"]
             vals = [last_epoch[t["trial_key"]] for t in done if t["trial_key"] in last_epoch]
-            val = _mean(v.get("val/headline") for v in vals)
-            gap = _mean(v.get("gap/headline") for v in vals)
+            val = _show(aggregate([v.get("val/headline", math.nan) for v in vals]))
+            gap = _show(aggregate([v.get("gap/headline", math.nan) for v in vals]))
             lines.append(f"  {label}: {len(done)}/{len(ts)}  val {val}  gap {gap}")
     errored = [t for t in trials if t["status"] == "errored"]
     for t in errored[:5]:
@@ -63,6 +65,9 @@ def study_status(study_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _mean(values) -> str:
-    xs = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
-    return f"{sum(xs) / len(xs):.2f}" if xs else "-"
+def _show(agg: Aggregate) -> str:
+    if agg.n == 0:
+        return "-"
+    if agg.n == 1:
+        return f"{agg.mean:.2f}"
+    return f"{agg.mean:.2f} [{agg.lo:.2f}, {agg.hi:.2f}]"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ def make_trainable(spec_data: dict[str, Any], cache_dir: str | None):
             metrics = {**r.metrics, **constants}
             if r.checkpoint is not None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(r.checkpoint)))
+                # Tune has copied it to the study's storage; the local copy would only fill
+                # the worker's disk (Ray never cleans its session folders)
+                shutil.rmtree(r.checkpoint, ignore_errors=True)
             else:
                 tune.report(metrics)
 
@@ -86,8 +90,9 @@ def make_trainable(spec_data: dict[str, Any], cache_dir: str | None):
             fit(config, callbacks=[report])
         except NonFiniteLossError as exc:
             # deterministic: retrying would diverge again; end the trial and say why
-            tune.report({**constants, "diverged": 1.0, "error": str(exc),
-                         "epoch": float("nan")})
+            tune.report({**constants, "diverged": 1.0, "error": str(exc)})
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
 
     train_cir.__name__ = "train_cir"
     return train_cir

@@ -56,8 +56,14 @@ def test_grid_study_runs_every_cell_and_exports_typed_parquet(tmp_path):
     assert "state: finished" in text and "4 completed" in text
 
 
+def _checkpoints(study_dir):
+    return list((study_dir / "tune").glob("run-*/*/checkpoint_*"))
+
+
 def test_export_schema_matches_the_schema_module(tmp_path):
-    study_dir = run_study(parse_spec(tiny_spec("schema", grid={})), storage=tmp_path)
+    spec = tiny_spec("schema", grid={}, checkpoint={"keep_finished": False})
+    study_dir = run_study(parse_spec(spec), storage=tmp_path)
+    assert _checkpoints(study_dir) == []  # a finished trial's checkpoints were dropped
     trials, epochs = build_tables(study_dir)
     cfg_cols = schema.config_columns()
     for name, tp in {**schema.TRIAL_FIXED, **cfg_cols}.items():
@@ -79,6 +85,7 @@ def test_export_schema_matches_the_schema_module(tmp_path):
 def test_extend_adds_seeds_and_keeps_the_old_trials(tmp_path):
     study_dir = run_study(parse_spec(tiny_spec("ext")), storage=tmp_path)
     before, _ = read(export_study(study_dir))
+    assert len(_checkpoints(study_dir)) == 2 * 2  # kept by default: 2 trials x keep 2
     extend_study(study_dir, samples=1)
     after, epochs = read(export_study(study_dir))
     assert len(after) == 4 and set(after["run"]) == {"run-000", "run-001"}
