@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow study lint bench clean
+.PHONY: test test-slow study reference lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ study: $(STAMP)
 		$(BIN)/wrf4cir-study run experiments/smoke.yaml --storage results; \
 	fi
 	$(BIN)/wrf4cir-study report results/smoke
+
+# the committed reference output: a fresh smoke study, its report in results/reference/smoke
+reference: $(STAMP)
+	rm -rf results/reference-run results/reference/smoke
+	$(BIN)/wrf4cir-study run experiments/smoke.yaml --storage results/reference-run
+	$(BIN)/wrf4cir-study report results/reference-run/smoke --out results/reference/smoke
+	$(BIN)/python -m study.report.check_html results/reference/smoke
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,6 +22,24 @@ METRIC_PREFIXES = ("train/", "val/", "probe/", "gap/", "time/", "sharpness/", "t
 _RAY_TO_STATUS = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "running"}
 
 
+def error_text(trial: Any) -> str | None:
+    """The last line of a trial's latest error (the exception), where Tune left it.
+
+    Tune writes the error file on the driver's staging copy first and syncs it to storage
+    later, so read the local file before asking storage.
+    """
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and Path(path).is_file():
+            return _last_line(Path(path).read_text())
+    except OSError:
+        pass
+    try:
+        return _last_line(trial.get_error())
+    except Exception:  # noqa: BLE001 - no error text is no reason to fail the study
+        return None
+
+
 def _last_line(text: str | None) -> str | None:
     if not text:
         return None
@@ -71,8 +89,8 @@ class LedgerCallback(tune.Callback):
     def _register(self, trial: Any) -> None:
         if trial.trial_id in self._known:
             return
-        if self._study is None:
-            self._study = parse_spec(self.spec_data)
+        if self._study is None:  # names were checked at launch; nothing local to check
+            self._study = parse_spec(self.spec_data, check_local=False)
         params = trial.config or {}
         cell_id = params.get(CELL)
         fields: dict[str, Any] = {"run": self.run_id, "ray_trial_id": trial.trial_id}
@@ -131,6 +149,33 @@ class LedgerCallback(tune.Callback):
         if status != "errored" and not self._study.spec.checkpoint.keep_finished:
             drop_checkpoints(trial)
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
+                         **info: Any) -> None:
+        self._register(trial)
+        self.ledger.upsert_trial(self.key(trial), status="running",
+                                 failures=int(trial.num_failures), error=error_text(trial))
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """Reconcile with the trials Tune ended with.
+
+        A driver killed between creating a trial and saving its own state leaves a ledger
+        row for a trial the restored experiment never heard of (it makes a new one instead):
+        that row is an abandoned attempt, not a trial, and is dropped.
+        """
+        known = {t.trial_id for t in trials}
+        for row in self.ledger.trials():
+            if (row["run"] == self.run_id and row["status"] in ("running", "pending")
+                    and row["ray_trial_id"] not in known):
+                self.ledger.forget_trial(row["trial_key"])
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._register(trial)
+        self.ledger.upsert_trial(self.key(trial), status="errored",
+                                 failures=int(trial.num_failures), ray_status=trial.status,
+                                 error=error_text(trial) or "errored (no error text left)",
+                                 ended=time.time())
+        self._known[trial.trial_id] = trial.status
+
 
 def drop_checkpoints(trial: Any) -> None:
     """Delete a finished trial's checkpoints from the study's storage (any file system)."""
@@ -146,21 +191,6 @@ def drop_checkpoints(trial: Any) -> None:
                 storage.storage_filesystem.delete_dir(info.path)
     except Exception as exc:  # noqa: BLE001 - losing disk space is not worth a crash
         log.warning("could not delete the checkpoints of %s: %s", trial.trial_id, exc)
-
-    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
-                         **info: Any) -> None:
-        self._register(trial)
-        self.ledger.upsert_trial(self.key(trial), status="running",
-                                 failures=int(trial.num_failures),
-                                 error=_last_line(trial.get_error()))
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._register(trial)
-        self.ledger.upsert_trial(self.key(trial), status="errored",
-                                 failures=int(trial.num_failures), ray_status=trial.status,
-                                 error=_last_line(trial.get_error()) or "errored",
-                                 ended=time.time())
-        self._known[trial.trial_id] = trial.status
 
 
 class ProgressCallback(tune.Callback):

@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     from study.runner import run_study
     from study.spec import load_spec
 
-    study = load_spec(args.spec)
+    study = load_spec(args.spec, check_local=args.address is None)
     return _finish(run_study(study, storage=args.storage, name=args.name,
                              address=args.address, ship_code=args.ship_code,
                              verbose=args.verbose))

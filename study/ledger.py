@@ -125,6 +125,18 @@ class Ledger:
                         "metrics_json=excluded.metrics_json, reported=excluded.reported",
                         (trial_key, int(epoch), json.dumps(_jsonable(metrics)), time.time()))
 
+    def forget_trial(self, trial_key: str) -> None:
+        """Delete one trial and its epochs (an attempt Tune no longer knows of)."""
+        with self._connect() as con:
+            con.execute("DELETE FROM epochs WHERE trial_key=?", (trial_key,))
+            con.execute("DELETE FROM trials WHERE trial_key=?", (trial_key,))
+
+    def forget_run(self, run: str) -> None:
+        """Delete a run's trials and epochs (an attempt that Tune cannot restore)."""
+        with self._connect() as con:
+            con.execute("DELETE FROM epochs WHERE trial_key LIKE ?", (f"{run}/%",))
+            con.execute("DELETE FROM trials WHERE run=?", (run,))
+
     def set_meta(self, key: str, value: Any) -> None:
         with self._connect() as con:
             con.execute("INSERT INTO meta (key, value_json) VALUES (?, ?) ON CONFLICT(key) "

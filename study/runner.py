@@ -99,9 +99,9 @@ def is_locked(study_dir: Path) -> bool:
     return False
 
 
-def load_study(study_dir: Path) -> tuple[Study, dict[str, Any]]:
+def load_study(study_dir: Path, check_local: bool = False) -> tuple[Study, dict[str, Any]]:
     meta = read_meta(study_dir)
-    return parse_spec(meta["spec"]), meta
+    return parse_spec(meta["spec"], check_local=check_local), meta
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,10 +130,20 @@ def prewarm(study: Study) -> None:
 
     Otherwise every concurrent trial would wait for (or, on another node, repeat) them.
     """
+    from wrf4cir.config import ConfigError
+    from wrf4cir.data import DataError
+    from wrf4cir.models import ModelError
     from wrf4cir.models.factory import SYNTHETIC_TAG
     from wrf4cir.pretrain import ensure_pretrained
     from wrf4cir.trainer import load_splits
 
+    try:
+        _prewarm(study, load_splits, ensure_pretrained, SYNTHETIC_TAG)
+    except (ConfigError, DataError, ModelError) as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _prewarm(study: Study, load_splits, ensure_pretrained, synthetic_tag: str) -> None:
     seen_data, seen_models = set(), set()
     for cell in study.cells:
         cfg = study.config(cell)
@@ -141,7 +151,7 @@ def prewarm(study: Study) -> None:
         if cfg.data.name.startswith("synthetic") and data_key not in seen_data:
             seen_data.add(data_key)
             load_splits(cfg)
-        if cfg.model.pretrained == SYNTHETIC_TAG and cfg.model.name not in seen_models:
+        if cfg.model.pretrained == synthetic_tag and cfg.model.name not in seen_models:
             seen_models.add(cfg.model.name)
             ensure_pretrained(cfg.model.name)
 
@@ -208,7 +218,8 @@ def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, A
     search_alg = None
     if spec.search:
         search_alg = CellSearcher(list(study.cells), spec.search, study.name,
-                                  storage_url(str(study_dir)), run["samples_per_cell"])
+                                  storage_url(str(study_dir)), run["samples_per_cell"],
+                                  run_index=int(run["id"].split("-")[1]))
         param_space: dict[str, Any] = {}
         num_samples = run["samples_per_cell"] * len(study.cells)
     else:
@@ -219,6 +230,9 @@ def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, A
     scheduler = None
     if spec.scheduler:
         max_t = max(int(study.config(c).optim.epochs) for c in study.cells)
+        searched_epochs = spec.search.space.get("optim.epochs") if spec.search else None
+        if searched_epochs is not None:  # ASHA must not cut the longest searched trial
+            max_t = max(max_t, *(int(v) for v in searched_epochs.values()))
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
             metric=spec.scheduler.metric or objective.metric,
@@ -349,8 +363,9 @@ def run_study(study: Study, storage: str | Path = "results", name: str | None = 
         }
         write_meta(study_dir, meta)
         Ledger(study_dir / LEDGER_FILE).set_meta("study", {"name": name})
-        study = parse_spec(spec_data)
-        prewarm(study)
+        study = parse_spec(spec_data, check_local=False)
+        if address is None:  # on a cluster, trials prepare what they need themselves
+            prewarm(study)
         init_ray(address, ship_code, verbose)
         run = meta["runs"][-1]
         _fit(_tuner(study, study_dir, meta, run, verbose), study_dir, meta, run)
@@ -376,19 +391,23 @@ def resume_study(study_dir: str | Path, address: str | None = None, ship_code: b
     study_dir = Path(study_dir).expanduser().resolve()
     study, meta = load_study(study_dir)
     with driver_lock(study_dir):
+        # a diverged trial is errored for us but finished for Tune: re-running it would
+        # diverge again, so only Tune's own errors and unfinished trials need a resume
         errored_runs = {t["run"] for t in Ledger(study_dir / LEDGER_FILE).trials()
-                        if t["status"] in ("errored", "running", "pending")}
+                        if t["status"] in ("running", "pending") or t["ray_status"] == "ERROR"}
         todo = [r for r in meta["runs"] if r["status"] != "finished" or r["id"] in errored_runs]
         if not todo:
             log.info("nothing to resume: every trial of %s finished", study.name)
             return study_dir
-        prewarm(study)
+        if address is None:
+            prewarm(study)
         init_ray(address, ship_code, verbose)
         for run in todo:
             path = f"{meta['ray_storage'].rstrip('/')}/{run['id']}"
             if not tune.Tuner.can_restore(path):
                 # the driver died before Tune saved anything: start the run afresh
                 log.warning("%s has no restorable Tune state; starting it again", run["id"])
+                Ledger(study_dir / LEDGER_FILE).forget_run(run["id"])
                 _fit(_tuner(study, study_dir, meta, run, verbose), study_dir, meta, run)
                 continue
             tuner = tune.Tuner.restore(path, trainable=_trainable(study_dir, meta),
@@ -417,7 +436,8 @@ def extend_study(study_dir: str | Path, samples: int, address: str | None = None
         run = _new_run(study, len(meta["runs"]), samples, offset)
         meta["runs"].append(run)
         write_meta(study_dir, meta)
-        prewarm(study)
+        if address is None:
+            prewarm(study)
         init_ray(address, ship_code, verbose)
         _fit(_tuner(study, study_dir, meta, run, verbose), study_dir, meta, run)
     return study_dir

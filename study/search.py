@@ -45,15 +45,15 @@ def optuna_distributions(space: dict[str, Distribution]
     return out
 
 
-def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
     if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "grid":
         return optuna.samplers.GridSampler({k: d.choice for k, d in search.space.items()},
-                                           seed=search.seed)
+                                           seed=seed)
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=search.seed)
-    return optuna.samplers.TPESampler(seed=search.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def storage_url(study_dir: str) -> str:
@@ -133,7 +133,7 @@ class CellSearcher(Searcher):
     """
 
     def __init__(self, cells: list[Cell], search: SearchSpec, study_name: str, storage: str,
-                 samples_per_cell: int) -> None:
+                 samples_per_cell: int, run_index: int = 0) -> None:
         objectives = search.objectives
         metric = [o.metric for o in objectives]
         mode = [o.mode for o in objectives]
@@ -147,12 +147,22 @@ class CellSearcher(Searcher):
                 space=optuna_distributions(search.space),
                 metric=metric[0] if single else metric,
                 mode=mode[0] if single else mode,
-                sampler=make_sampler(search),
+                # each run (run, then each extend) seeds its samplers afresh: the same seed
+                # would replay the random start-up trials of the earlier run
+                sampler=make_sampler(search, search.seed + 1000 * run_index),
                 study_name=f"{study_name}/{c.id}",
                 storage=optuna.storages.RDBStorage(storage),
             )
         self.asked = {c: 0 for c in self.cells}
         self.trial_cell: dict[str, str] = {}
+        self.live: set[str] = set()
+        self.max_concurrent = 0  # 0: no limit of our own
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        # limit concurrency here rather than in Tune's ConcurrencyLimiter, which forgets an
+        # errored trial, so a resume's successful re-run would never reach Optuna
+        self.max_concurrent = max_concurrent
+        return True
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec: Any) -> bool:
@@ -162,6 +172,8 @@ class CellSearcher(Searcher):
         if trial_id in self.trial_cell:  # re-suggestion of a known trial
             cell = self.trial_cell[trial_id]
         else:
+            if self.max_concurrent and len(self.live) >= self.max_concurrent:
+                return None  # ask again when a trial ends
             open_cells = [c for c in self.cells if self.asked[c] < self.samples_per_cell]
             if not open_cells:
                 return Searcher.FINISHED
@@ -170,6 +182,7 @@ class CellSearcher(Searcher):
             self.trial_cell[trial_id] = cell
         params = self.subs[cell].suggest(trial_id)
         self.subs[cell]._ot_trials[trial_id].set_user_attr("cell", cell)
+        self.live.add(trial_id)
         return {CELL: cell, REPEAT: 0, PARAMS: params}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -178,6 +191,7 @@ class CellSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        self.live.discard(trial_id)
         if trial_id in self.trial_cell:
             self.subs[self.trial_cell[trial_id]].on_trial_complete(trial_id, result, error)
 

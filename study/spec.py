@@ -127,9 +127,16 @@ class SchedulerSpec(_Strict):
     type: Literal["asha"] = "asha"  # noqa: A003
     grace_period: Annotated[int, Field(ge=1)] = 1  # epochs before a trial can be stopped
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
-    # the metric ASHA ranks by; default: the first search objective, else val/headline max
+    # the metric ASHA ranks by, with its direction (give both, or neither: then the first
+    # search objective, else val/headline max)
     metric: str | None = None
     mode: Literal["max", "min"] | None = None
+
+    @model_validator(mode="after")
+    def _metric_with_mode(self) -> SchedulerSpec:
+        if (self.metric is None) != (self.mode is None):
+            raise ValueError("give metric and mode together (e.g. metric: val/loss, mode: min)")
+        return self
 
 
 class ResourcesSpec(_Strict):
@@ -275,8 +282,14 @@ def _pydantic_message(exc: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def parse_spec(data: Mapping[str, Any], source: Path | None = None) -> Study:
-    """Validate a spec mapping completely; raises :class:`SpecError` (one line)."""
+def parse_spec(data: Mapping[str, Any], source: Path | None = None,
+               check_local: bool = True) -> Study:
+    """Validate a spec mapping completely; raises :class:`SpecError` (one line).
+
+    ``check_local`` also checks what must exist on this machine (models, data roots,
+    checkpoint files, the device); a driver joining a cluster skips it, since the
+    workers are where those must exist (each trial checks them there).
+    """
     where = f"{source}: " if source else ""
     try:
         spec = StudySpec.model_validate(dict(data))
@@ -312,7 +325,8 @@ def parse_spec(data: Mapping[str, Any], source: Path | None = None) -> Study:
         except ConfigError as exc:
             prefix = f"grid cell [{cell.label}]: " if spec.grid else "base."
             raise SpecError(f"{where}{prefix}{exc}") from None
-    _preflight(study, where)
+    if check_local:
+        _preflight(study, where)
     if spec.search:  # each distribution's ends must be valid values too
         for key, dist in spec.search.space.items():
             values = dist.choice if dist.kind == "choice" else list(dist.values())
@@ -363,11 +377,11 @@ def _space_probe(search: SearchSpec | None) -> dict[str, Any]:
     return out
 
 
-def load_spec(path: str | Path) -> Study:
+def load_spec(path: str | Path, check_local: bool = True) -> Study:
     """Read and validate a spec file (``yaml.safe_load``)."""
     path = Path(path)
     try:
         data = read_yaml(path)
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
-    return parse_spec(data, source=path)
+    return parse_spec(data, source=path, check_local=check_local)

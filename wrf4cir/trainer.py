@@ -412,7 +412,10 @@ def _check_same_run(saved: dict[str, Any], config: Config) -> None:
     # only run.* (paths, device, progress) and the epoch count may change on resume
     old = {k: v for k, v in flatten(saved).items() if not k.startswith("run.")}
     new = {k: v for k, v in flatten(config).items() if not k.startswith("run.")}
-    diff = sorted(k for k in new if old.get(k) != new[k] and k != "optim.epochs")
+    # more epochs continue a constant or cosine schedule; a one-cycle schedule's shape is
+    # fixed by its total length, so there the epoch count must stay too
+    free = {"optim.epochs"} if new.get("optim.schedule") != "onecycle" else set()
+    diff = sorted(k for k in new if old.get(k) != new[k] and k not in free)
     if diff:
         k = diff[0]
         raise ConfigError(f"{k}: the checkpoint was trained with {old.get(k)!r}, this config "

@@ -21,27 +21,28 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from study.report.tables import unperturbed  # noqa: E402
+
 KIND_ORDER = ("none", "wrf", "random", "sam", "asam")
 sns.set_theme(context="notebook", style="white")
 
 
 def perturbation_label(kind: str, radius: float) -> str:
-    """``"none"``, ``"wrf 0.001"``: how a perturbation reads on an axis."""
-    if kind == "none" or radius == 0:
-        return "none (0)"
-    return f"{kind} {radius:g}"
+    """``"none"``, ``"wrf 0"``, ``"wrf 0.001"``: how a perturbation reads on an axis."""
+    return "none" if kind == "none" else f"{kind} {radius:g}"
 
 
 def _perturbation_order(df: pd.DataFrame) -> list[str]:
-    keys = sorted({(KIND_ORDER.index(k) if k in KIND_ORDER else 99, 0.0 if k == "none" else r,
-                    perturbation_label(k, r)) for k, r in zip(df["kind"], df["radius"],
-                                                              strict=True)})
-    zero = [lbl for _, _, lbl in keys if lbl == "none (0)"]
-    return zero + [lbl for _, _, lbl in keys if lbl != "none (0)"]
+    # unperturbed rows first (none, then any kind at radius 0), then by kind and radius
+    keys = sorted({(r != 0 and k != "none", KIND_ORDER.index(k) if k in KIND_ORDER else 99,
+                    r, perturbation_label(k, r))
+                   for k, r in zip(df["kind"], df["radius"], strict=True)})
+    return [lbl for *_, lbl in keys]
 
 
 def _annotations(values: pd.DataFrame, lo: pd.DataFrame | None, hi: pd.DataFrame | None,
-                 incomplete: pd.DataFrame | None, fmt: str) -> np.ndarray:
+                 incomplete: pd.DataFrame | None, fmt: str,
+                 extra: pd.DataFrame | None = None) -> np.ndarray:
     out = np.empty(values.shape, dtype=object)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
@@ -52,6 +53,8 @@ def _annotations(values: pd.DataFrame, lo: pd.DataFrame | None, hi: pd.DataFrame
             text = format(v, fmt)
             if lo is not None and hi is not None and not math.isnan(lo.iat[i, j]):
                 text += f"\n[{format(lo.iat[i, j], fmt)}, {format(hi.iat[i, j], fmt)}]"
+            if extra is not None and isinstance(extra.iat[i, j], str):
+                text += f"\n{extra.iat[i, j]}"
             if incomplete is not None and bool(incomplete.iat[i, j]):
                 text += " *"
             out[i, j] = text
@@ -61,11 +64,13 @@ def _annotations(values: pd.DataFrame, lo: pd.DataFrame | None, hi: pd.DataFrame
 def heatmap(df: pd.DataFrame, index: str, columns: str, value: str, title: str, *,
             lo: str | None = None, hi: str | None = None, center: float | None = 0.0,
             cmap: str = "RdBu_r", fmt: str = ".1f", label: str = "",
-            row_order: list[str] | None = None, col_order: list[str] | None = None
-            ) -> plt.Figure | None:
+            row_order: list[str] | None = None, col_order: list[str] | None = None,
+            extra: str | None = None) -> plt.Figure | None:
     """An annotated heatmap of ``value`` over ``index`` x ``columns`` (one row per cell)."""
     if df.empty or df[value].isna().all():
         return None
+    if df.duplicated([index, columns]).any():  # a pivot would silently keep one of them
+        raise ValueError(f"{title}: several cells share ({index}, {columns}); facet first")
 
     def pivot(col: str) -> pd.DataFrame:
         p = df.pivot_table(index=index, columns=columns, values=col, aggfunc="first",
@@ -85,7 +90,7 @@ def heatmap(df: pd.DataFrame, index: str, columns: str, value: str, title: str, 
         incomplete = incomplete.reindex(index=values.index, columns=values.columns,
                                         fill_value=False)
     annot = _annotations(values, pivot(lo) if lo else None, pivot(hi) if hi else None,
-                         incomplete, fmt)
+                         incomplete, fmt, pivot(extra) if extra else None)
     width = 2.2 + 2.0 * values.shape[1]
     height = 1.6 + 0.75 * values.shape[0]
     fig, ax = plt.subplots(figsize=(max(width, 4.5), max(height, 2.8)))
@@ -110,7 +115,10 @@ def heatmap(df: pd.DataFrame, index: str, columns: str, value: str, title: str, 
 
 def gap_models_datasets(cells: pd.DataFrame) -> plt.Figure | None:
     """The gap at radius 0 over model x dataset (the paper's overview)."""
-    zero = cells[(cells["radius"] == 0) | (cells["kind"] == "none")]
+    zero = cells[unperturbed(cells)]
+    # kind none and radius 0 are the same training; show one of them (none first)
+    zero = zero.sort_values("kind", key=lambda k: k != "none").drop_duplicates(
+        ["model", "dataset"])
     return heatmap(zero, "model", "dataset", "gap/headline",
                    "Generalization gap without perturbation (train probe - val, headline)",
                    lo="gap/headline lo", hi="gap/headline hi",
@@ -135,15 +143,34 @@ def reduction_heatmap(reduction: pd.DataFrame, dataset: str) -> plt.Figure | Non
         return None
     d["perturbation"] = [perturbation_label(k, r) for k, r in zip(d["kind"], d["radius"],
                                                                    strict=True)]
+    # a narrower gap bought with lower held-out recall is no win: show both
+    d["note"] = [f"val {v:+.1f}" if pd.notna(v) else None for v in d["val_delta"]]
     return heatmap(d, "perturbation", "model", "reduction_pct",
-                   f"{dataset}: gap reduction versus no perturbation (%)", center=0.0,
-                   cmap="PuOr", fmt=".0f", label="reduction of the gap (%)",
-                   row_order=_perturbation_order(d))
+                   f"{dataset}: gap reduction versus no perturbation (%),\n"
+                   "with the change in val headline", center=0.0, cmap="PuOr", fmt=".0f",
+                   label="reduction of the gap (%)", row_order=_perturbation_order(d),
+                   extra="note")
 
 
-def curves(curves_df: pd.DataFrame, dataset: str, model: str) -> plt.Figure | None:
-    """Train-probe (dashed) and val (solid) headline per epoch, one colour per perturbation."""
-    d = curves_df[(curves_df["dataset"] == dataset) & (curves_df["model"] == model)].copy()
+def gap_by_triplets(cells: pd.DataFrame, title: str) -> plt.Figure | None:
+    """The gap over training-set size (rows) x perturbation (columns): the few-triplets view."""
+    d = cells.dropna(subset=["triplets"]).copy()
+    if d["triplets"].nunique() < 2:
+        return None
+    d["perturbation"] = [perturbation_label(k, r) for k, r in zip(d["kind"], d["radius"],
+                                                                   strict=True)]
+    d["triplets"] = d["triplets"].astype(int)
+    return heatmap(d, "triplets", "perturbation", "gap/headline", title,
+                   lo="gap/headline lo", hi="gap/headline hi", label="gap (recall points)",
+                   col_order=_perturbation_order(d))
+
+
+def curves(curves_df: pd.DataFrame, title: str) -> plt.Figure | None:
+    """Train-probe (dashed) and val (solid) headline per epoch, one colour per perturbation.
+
+    ``curves_df`` holds one facet (one dataset, model, training-set size and variant).
+    """
+    d = curves_df.copy()
     if d.empty:
         return None
     d["perturbation"] = [perturbation_label(k, r) for k, r in zip(d["kind"], d["radius"],
@@ -164,7 +191,7 @@ def curves(curves_df: pd.DataFrame, dataset: str, model: str) -> plt.Figure | No
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("headline recall")
-    ax.set_title(f"{dataset}, {model}: train probe (dashed) vs val (solid)", fontsize=11)
+    ax.set_title(f"{title}: train probe (dashed) vs val (solid)", fontsize=11)
     ax.legend(fontsize=7, ncol=2, frameon=False, loc="upper center",
               bbox_to_anchor=(0.5, -0.18))
     sns.despine(fig)

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from study.report import figures as F
-from study.report.tables import Tables, aggregate, compute, load_export
+from study.report.tables import Tables, aggregate, compute, load_export, unperturbed
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +42,76 @@ def _save(fig: plt.Figure | None, name: str, caption: str, folder: Path) -> Figu
     return Figure(stem, caption, (folder / f"{stem}.png").read_bytes())
 
 
+def _facets(df: pd.DataFrame, keys: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
+    """``(title, file suffix, rows)`` per combination of ``keys`` that varies in ``df``."""
+    varying = [k for k in keys if df[k].astype(str).nunique() > 1]
+    if not varying:
+        return [("", "", df)]
+    out = []
+    for values, g in df.groupby(varying, sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        parts = [f"{k}={int(v) if k == 'triplets' and pd.notna(v) else v}"
+                 for k, v in zip(varying, values, strict=True)]
+        out.append((", ".join(parts), "-" + "-".join(parts), g))
+    return out
+
+
 def draw(t: Tables, folder: Path) -> list[Figure]:
-    """Every figure the tables support, saved as PNG and SVG."""
+    """Every figure the tables support, saved as PNG and SVG.
+
+    Heatmaps and curves are drawn per dataset and, where the study varies them, per
+    training-set size and variant, so no two cells ever share a square or a line.
+    """
     out: list[Figure | None] = []
     cells = t.cells
-    out.append(_save(F.gap_models_datasets(cells), "gap-model-dataset",
-                     "The generalization gap without perturbation, per model and dataset "
-                     "(mean over seeds, 95% t-interval in brackets).", folder))
+    searched = bool((cells["cell_id"] != cells["grid_cell_id"]).any())
+    if searched:
+        # a search: per grid cell, the parameter set with the best held-out recall; its
+        # reductions and curves would compare parameter sets, not perturbations, so the
+        # Pareto front and the importances are its views
+        cells = (cells.sort_values("val/headline", ascending=False)
+                 .drop_duplicates("grid_cell_id"))
+    for title, suffix, g in _facets(cells, ["triplets", "variant"]):
+        facet = f" ({title})" if title else ""
+        out.append(_save(F.gap_models_datasets(g), f"gap-model-dataset{suffix}",
+                         "The generalization gap without perturbation, per model and dataset "
+                         f"(mean over seeds, 95% t-interval in brackets){facet}.", folder))
     for dataset in sorted(cells["dataset"].dropna().unique()):
-        out.append(_save(F.by_radius(cells, dataset, "gap/headline",
-                                     f"{dataset}: gap by perturbation and model", center=0.0,
-                                     cmap="RdBu_r", label="gap (recall points)"),
-                         f"gap-radius-model-{dataset}",
-                         f"{dataset}: the gap for each perturbation (rows) and model.", folder))
-        out.append(_save(F.by_radius(cells, dataset, "val/headline",
-                                     f"{dataset}: held-out recall by perturbation and model",
-                                     center=None, cmap="cividis", label="val headline"),
-                         f"val-radius-model-{dataset}",
-                         f"{dataset}: validation headline recall for each perturbation and "
-                         "model.", folder))
-        out.append(_save(F.reduction_heatmap(t.reduction, dataset), f"reduction-{dataset}",
-                         f"{dataset}: relative gap reduction versus no perturbation "
-                         "(positive: narrower gap).", folder))
-    for (dataset, model), _ in t.curves.groupby(["dataset", "model"], sort=True):
-        out.append(_save(F.curves(t.curves, dataset, model), f"curves-{dataset}-{model}",
-                         f"{dataset}, {model}: where train-probe and validation recall part, "
-                         "per epoch (mean and 95% band over seeds).", folder))
+        d = cells[cells["dataset"] == dataset]
+        for title, suffix, g in _facets(d, ["triplets", "variant"]):
+            name = f"{dataset}{' (' + title + ')' if title else ''}"
+            out.append(_save(F.by_radius(g, dataset, "gap/headline",
+                                         f"{name}: gap by perturbation and model", center=0.0,
+                                         cmap="RdBu_r", label="gap (recall points)"),
+                             f"gap-radius-model-{dataset}{suffix}",
+                             f"{name}: the gap for each perturbation (rows) and model.", folder))
+            out.append(_save(F.by_radius(g, dataset, "val/headline",
+                                         f"{name}: held-out recall by perturbation and model",
+                                         center=None, cmap="cividis", label="val headline"),
+                             f"val-radius-model-{dataset}{suffix}",
+                             f"{name}: validation headline recall for each perturbation and "
+                             "model.", folder))
+        red = t.reduction[t.reduction["dataset"] == dataset]
+        for title, suffix, g in _facets(red, ["triplets", "variant"]) if not searched else []:
+            out.append(_save(F.reduction_heatmap(g, dataset), f"reduction-{dataset}{suffix}",
+                             f"{dataset}{' (' + title + ')' if title else ''}: relative gap "
+                             "reduction versus no perturbation (positive: narrower gap), with "
+                             "the change in validation recall.", folder))
+        for (model, variant), g in d.groupby(["model", "variant"], sort=True):
+            if searched:
+                break
+            name = f"{dataset}, {model}{', ' + variant if variant else ''}"
+            out.append(_save(F.gap_by_triplets(g, f"{name}: gap by training-set size"),
+                             _slug(f"gap-triplets-{dataset}-{model}-{variant}"),
+                             f"{name}: the gap as the number of training triplets grows.",
+                             folder))
+    for (dataset, model), g in ([] if searched else
+                                t.curves.groupby(["dataset", "model"], sort=True)):
+        for title, suffix, h in _facets(g, ["triplets", "variant"]):
+            name = f"{dataset}, {model}{', ' + title if title else ''}"
+            out.append(_save(F.curves(h, name), f"curves-{dataset}-{model}{suffix}",
+                             f"{name}: where train-probe and validation recall part, per "
+                             "epoch (mean and 95% band over seeds).", folder))
     for cell_id in t.pareto["cell_id"].unique():
         cell = t.pareto[t.pareto["cell_id"] == cell_id]["cell"].iloc[0]
         out.append(_save(F.pareto(t.pareto, cell_id), f"pareto-{cell_id}",
@@ -99,15 +143,22 @@ def findings(trials: pd.DataFrame, t: Tables) -> list[str]:
     """Plain statements computed from the tables; they say what the data do *not* show too."""
     lines: list[str] = []
     cells = t.cells
+    if cells.empty:
+        return ["No trial has reported an epoch yet: nothing to summarise."]
     seeds = sorted(set(cells["n_completed"]))
-    if seeds == [1]:
+    searched = "search_params" in trials and trials["search_params"].notna().any()
+    if searched:
+        lines.append("This study is a search: each parameter set ran once, so per-"
+                     "configuration numbers have no intervals; the Pareto front and the "
+                     "parameter importances summarise it.")
+    elif seeds == [1]:
         lines.append("Every cell has one completed seed: there are no confidence intervals, "
                      "and differences of a few recall points are within run-to-run noise. "
                      "Use `repeat` >= 3 to separate effects from noise.")
     else:
         lines.append(f"Seeds per cell: {', '.join(map(str, seeds))}; intervals are 95% "
                      "t-intervals over seeds.")
-    zero = cells[(cells["radius"] == 0) | (cells["kind"] == "none")].dropna(
+    zero = cells[unperturbed(cells)].dropna(
         subset=["gap/headline"])
     if not zero.empty:
         pos = int((zero["gap/headline"] > 0).sum())
@@ -141,18 +192,12 @@ def findings(trials: pd.DataFrame, t: Tables) -> list[str]:
             lines.append(f"Cells where the perturbation narrows the gap and raises held-out "
                          f"recall (the paper's effect): {names}.")
     best = t.best
-    if not best.empty:
-        zero_best = int((best["best_radius"] == 0).sum() + (best["best_kind"] == "none").sum())
-        beats = best[best["beats_zero"] == True]  # noqa: E712 - None means "cannot tell"
-        unknown = int(best["beats_zero"].isna().sum())
-        text = (f"Best configuration by held-out recall: no perturbation in {zero_best} of "
-                f"{len(best)} model-dataset pairs")
-        if len(beats):
-            text += (f"; a perturbed one beats it beyond the seed noise (one-sided Welch "
-                     f"test, p < 0.05) in {len(beats)}")
-        if unknown:
-            text += f"; in {unknown} the seeds are too few to test"
-        lines.append(text + ".")
+    if not best.empty and not searched:
+        counts = best["verdict"].value_counts()
+        parts = [f"{n} of {len(best)}: {verdict}" for verdict, n in counts.items()]
+        lines.append("Best configuration by held-out recall, per model and dataset (a "
+                     "perturbation beats none only if a one-sided Welch test, Holm-corrected "
+                     "over the perturbations tried, gives p < 0.05): " + "; ".join(parts) + ".")
     incomplete = cells[~cells["complete"].astype(bool)]
     if len(incomplete):
         lines.append(f"{len(incomplete)} cell(s) have seeds that did not complete (stopped "

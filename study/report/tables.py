@@ -36,6 +36,10 @@ _AXIS_SOURCE = {"model": "config.model.name", "dataset": "config.data.name",
 # config keys that differ between trials without defining a cell
 _NOT_AXES = {"config.seed", "config.run.out_dir", "config.run.resume", "config.run.threads"}
 HEADLINES = ("val/headline", "probe/headline", "gap/headline")
+COUNTS = ["n_trials", "n_completed", "n_stopped_early", "n_errored", "n_unfinished",
+          "complete"]
+GAP_COLUMNS = ["cell_id", "cell", "grid_cell_id", *AXES, "metric", "mean", "lo", "hi", "sd",
+               "n", *COUNTS]
 CONFIDENCE = 0.95
 
 
@@ -87,7 +91,23 @@ def with_axes(trials: pd.DataFrame) -> pd.DataFrame:
     out["variant"] = [" ".join(f"{c[len('config.'):]}={row[c]}" for c in varying)
                       for _, row in out.iterrows()] if varying else ""
     out["triplets"] = pd.to_numeric(out["triplets"], errors="coerce")
+    # the unit of aggregation: a grid cell, whose trials differ only by seed. In a search,
+    # trials of one grid cell differ by their Optuna parameters, so each parameter set is
+    # its own unit (never averaged with others as if they were seeds)
+    out["grid_cell_id"], out["grid_cell"] = out["cell_id"], out["cell"]
+    if "search_params" in out and out["search_params"].notna().any():
+        params = out["search_params"].fillna("")
+        out["cell_id"] = out["cell_id"].astype(str) + "|" + params
+        out["cell"] = [f"{c} {_short_params(p)}".strip() for c, p in zip(out["cell"], params,
+                                                                        strict=True)]
     return out
+
+
+def _short_params(raw: str) -> str:
+    if not raw:
+        return ""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in sorted(json.loads(raw).items()))
 
 
 def metric_names(trials: pd.DataFrame) -> list[str]:
@@ -104,6 +124,8 @@ def gap_table(trials: pd.DataFrame) -> pd.DataFrame:
     Columns: ``cell_id, cell, *AXES, metric, mean, lo, hi, sd, n, n_trials,
     n_completed, n_stopped_early, n_errored, n_unfinished, complete``.
     """
+    if trials.empty:
+        return pd.DataFrame(columns=GAP_COLUMNS)
     t = with_axes(trials)
     rows = []
     for cell_id, g in t.groupby("cell_id", sort=False, dropna=False):
@@ -119,17 +141,20 @@ def gap_table(trials: pd.DataFrame) -> pd.DataFrame:
         for metric in metric_names(t):
             agg = aggregate(done[f"last.{metric}"].tolist())
             rows.append({"cell_id": cell_id, "cell": head["cell"],
+                         "grid_cell_id": head["grid_cell_id"],
                          **{a: head[a] for a in AXES}, "metric": metric,
                          "mean": agg.mean, "lo": agg.lo, "hi": agg.hi, "sd": agg.sd,
                          "n": agg.n, **counts})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=GAP_COLUMNS)
 
 
 def wide(gaps: pd.DataFrame, metrics: Sequence[str] = HEADLINES) -> pd.DataFrame:
     """One row per cell: ``<metric>`` mean and ``<metric> CI`` text, plus seed counts."""
     keep = gaps[gaps["metric"].isin(metrics)]
-    index = ["cell_id", "cell", *AXES, "n_trials", "n_completed", "n_stopped_early",
-             "n_errored", "n_unfinished", "complete"]
+    index = ["cell_id", "cell", "grid_cell_id", *AXES, *COUNTS]
+    if keep.empty:
+        return pd.DataFrame(columns=[*index, *metrics, *(f"{m} {b}" for m in metrics
+                                                          for b in ("lo", "hi"))])
     rows = []
     for key, g in keep.groupby(index, sort=False, dropna=False):
         row = dict(zip(index, key, strict=True))
@@ -141,7 +166,8 @@ def wide(gaps: pd.DataFrame, metrics: Sequence[str] = HEADLINES) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _zero_radius(df: pd.DataFrame) -> pd.Series:
+def unperturbed(df: pd.DataFrame) -> pd.Series:
+    """Rows without perturbation (radius 0 or kind none): the baseline of every comparison."""
     return (df["radius"] == 0) | (df["kind"] == "none")
 
 
@@ -152,11 +178,14 @@ def reduction_table(gaps: pd.DataFrame, metric: str = "gap/headline") -> pd.Data
     are matched on model, dataset, triplets and variant; ``val_delta`` is the change in
     ``val/headline`` (positive = better held-out recall).
     """
+    columns = [*AXES, "cell_id", "gap", "gap_0", "reduction_pct", "val_delta", "complete"]
+    if gaps.empty:
+        return pd.DataFrame(columns=columns)
     g = gaps[gaps["metric"].isin([metric, "val/headline"])]
     match = ["model", "dataset", "triplets", "variant"]
-    base = g[_zero_radius(g)]
+    base = g[unperturbed(g)]
     rows = []
-    for _, r in g[~_zero_radius(g) & (g["metric"] == metric)].iterrows():
+    for _, r in g[~unperturbed(g) & (g["metric"] == metric)].iterrows():
         same = base
         for m in match:
             same = same[(same[m] == r[m]) | (same[m].isna() & pd.isna(r[m]))]
@@ -172,8 +201,7 @@ def reduction_table(gaps: pd.DataFrame, metric: str = "gap/headline") -> pd.Data
                      "val_delta": (float(val.iloc[0]) - float(val0.iloc[0]))
                      if len(val) and len(val0) else np.nan,
                      "complete": bool(r["complete"] and b_gap["complete"].iloc[0])})
-    return pd.DataFrame(rows, columns=[*AXES, "cell_id", "gap", "gap_0", "reduction_pct",
-                                       "val_delta", "complete"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def curves_table(trials: pd.DataFrame, epochs: pd.DataFrame,
@@ -182,9 +210,12 @@ def curves_table(trials: pd.DataFrame, epochs: pd.DataFrame,
 
     Columns: ``cell_id, *AXES, epoch, split (probe|val), mean, lo, hi, n``.
     """
+    if trials.empty or epochs.empty:
+        return pd.DataFrame(columns=["cell_id", *AXES, "epoch", "split", "mean", "lo", "hi",
+                                     "n"])
     t = with_axes(trials)
     done = t[t["status"] == "completed"][["trial_id", "cell_id", *AXES]]
-    e = epochs.merge(done, on=["trial_id", "cell_id"], how="inner")
+    e = epochs.drop(columns=["cell_id"]).merge(done, on="trial_id", how="inner")
     rows = []
     for (cell_id, epoch), g in e.groupby(["cell_id", "epoch"], sort=True):
         head = g.iloc[0]
@@ -200,43 +231,74 @@ def curves_table(trials: pd.DataFrame, epochs: pd.DataFrame,
                                        "n"])
 
 
+BEST_COLUMNS = ["model", "dataset", "triplets", "variant", "best_cell", "best_kind",
+                "best_radius", "mean", "lo", "hi", "n", "zero_mean", "zero_lo", "zero_hi",
+                "zero_n", "delta", "p_value", "p_holm", "beats_zero", "verdict"]
+
+
 def best_table(trials: pd.DataFrame, metric: str = "val/headline",
                alpha: float = 0.05) -> pd.DataFrame:
-    """Per model and dataset: the best cell by mean ``metric``, and whether it beats radius 0.
+    """Per model, dataset, training-set size and variant: the best cell by mean ``metric``,
+    and whether it beats the unperturbed cell beyond the seed noise.
 
-    "Beats radius 0 beyond the seed noise" is a one-sided Welch t-test of the best cell's
-    seeds against the unperturbed cell's (p < ``alpha``); it needs >= 2 seeds on both sides,
-    otherwise ``beats_zero`` is None ("cannot tell").
+    Every perturbed cell of a group is tested against the unperturbed one (one-sided Welch
+    t-test); the p-values are Holm-corrected over the group, since picking the best of k
+    cells and testing it alone would call noise a win about k times too often. The best
+    cell "beats zero" if its corrected p < ``alpha``. ``verdict`` says which case holds:
+    ``no perturbation is best``, ``beats no perturbation``, ``within the seed noise``,
+    ``too few seeds to test`` (fewer than 2 on a side), ``no unperturbed cell``.
     """
+    if trials.empty:
+        return pd.DataFrame(columns=BEST_COLUMNS)
     t = with_axes(trials)
     done = t[t["status"] == "completed"]
     rows = []
-    for (model, dataset), g in done.groupby(["model", "dataset"], sort=True, dropna=False):
+    keys = ["model", "dataset", "triplets", "variant"]
+    for key, g in done.groupby(keys, sort=True, dropna=False):
         per_cell = {cid: c[f"last.{metric}"].dropna().tolist()
                     for cid, c in g.groupby("cell_id", sort=False)}
+        per_cell = {c: v for c, v in per_cell.items() if v}
         if not per_cell:
             continue
         best_id = max(per_cell, key=lambda c: aggregate(per_cell[c]).mean)
         head = g[g["cell_id"] == best_id].iloc[0]
         best = aggregate(per_cell[best_id])
-        zero_ids = g[_zero_radius(g)]["cell_id"].unique().tolist()
-        zero_vals = per_cell.get(zero_ids[0], []) if zero_ids else []
+        zero_ids = [c for c in g[unperturbed(g)]["cell_id"].unique() if c in per_cell]
+        zero_vals = per_cell[zero_ids[0]] if zero_ids else []
         zero = aggregate(zero_vals)
-        p_value, beats = np.nan, None
-        if zero_ids and best_id != zero_ids[0] and best.n >= 2 and zero.n >= 2:
-            test = stats.ttest_ind(per_cell[best_id], zero_vals, equal_var=False,
-                                   alternative="greater")
-            p_value = float(test.pvalue)
-            beats = bool(p_value < alpha)
-        elif zero_ids and best_id == zero_ids[0]:
-            beats = False
-        rows.append({"model": model, "dataset": dataset, "best_cell": head["cell"],
+        p_value = p_holm = np.nan
+        beats: bool | None = None
+        if not zero_ids:
+            verdict = "no unperturbed cell"
+        elif best_id == zero_ids[0]:
+            verdict, beats = "no perturbation is best", False
+        elif best.n < 2 or zero.n < 2:
+            verdict = "too few seeds to test"
+        else:
+            tested = {c: v for c, v in per_cell.items() if c != zero_ids[0] and len(v) >= 2}
+            raw = {c: float(stats.ttest_ind(v, zero_vals, equal_var=False,
+                                            alternative="greater").pvalue)
+                   for c, v in tested.items()}
+            p_value, p_holm = raw[best_id], holm(raw)[best_id]
+            beats = bool(p_holm < alpha)
+            verdict = "beats no perturbation" if beats else "within the seed noise"
+        rows.append({**dict(zip(keys, key, strict=True)), "best_cell": head["cell"],
                      "best_kind": head["kind"], "best_radius": head["radius"],
                      "mean": best.mean, "lo": best.lo, "hi": best.hi, "n": best.n,
                      "zero_mean": zero.mean, "zero_lo": zero.lo, "zero_hi": zero.hi,
                      "zero_n": zero.n, "delta": best.mean - zero.mean, "p_value": p_value,
-                     "beats_zero": beats})
-    return pd.DataFrame(rows)
+                     "p_holm": p_holm, "beats_zero": beats, "verdict": verdict})
+    return pd.DataFrame(rows, columns=BEST_COLUMNS)
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    order = sorted(p_values, key=p_values.get)
+    m, running, out = len(order), 0.0, {}
+    for i, key in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p_values[key]))
+        out[key] = running
+    return out
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -253,15 +315,19 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
 
 def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Completed trials' (val headline, gap headline), with the per-cell Pareto front."""
+    if trials.empty or "last.gap/headline" not in trials:
+        return pd.DataFrame(columns=["cell_id", "cell", "trial_id", *AXES, "val", "gap",
+                                     "params", "on_front"])
     t = with_axes(trials)
     done = t[(t["status"] == "completed")].dropna(subset=["last.val/headline",
                                                            "last.gap/headline"])
     rows = []
-    for _cell_id, g in done.groupby("cell_id", sort=False):
+    for _cell_id, g in done.groupby("grid_cell_id", sort=False):
         pts = g[["last.val/headline", "last.gap/headline"]].to_numpy(dtype=float)
         front = pareto_front(pts)
         for (_, r), on in zip(g.iterrows(), front, strict=True):
-            rows.append({"cell_id": r["cell_id"], "cell": r["cell"], "trial_id": r["trial_id"],
+            rows.append({"cell_id": r["grid_cell_id"], "cell": r["grid_cell"],
+                         "trial_id": r["trial_id"],
                          **{a: r[a] for a in AXES},
                          "val": r["last.val/headline"], "gap": r["last.gap/headline"],
                          "params": r.get("search_params"), "on_front": bool(on)})
@@ -326,6 +392,10 @@ def importance_table(trials: pd.DataFrame,
 
 def cost_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """Per cell: CPU/GPU hours, wall hours, second-pass share of training time, outcomes."""
+    if trials.empty:
+        return pd.DataFrame(columns=["cell_id", "cell", *AXES, "wall_hours", "cpu_hours",
+                                     "gpu_hours", "second_pass_share", "epochs", "n_trials",
+                                     "n_stopped_early", "n_errored"])
     t = with_axes(trials)
     share = pd.Series(dtype=float)
     if {"time/second_pass", "time/train"} <= set(epochs.columns):
@@ -372,7 +442,9 @@ def compute(trials: pd.DataFrame, epochs: pd.DataFrame) -> Tables:
     gaps = gap_table(trials)
     searched = trials["search_params"].notna().any() if "search_params" in trials else False
     return Tables(
-        gaps=gaps, cells=wide(gaps), reduction=reduction_table(gaps),
+        # in a search, parameter sets are not perturbations to compare with radius 0
+        gaps=gaps, cells=wide(gaps),
+        reduction=reduction_table(gaps.iloc[0:0] if searched else gaps),
         curves=curves_table(trials, epochs), best=best_table(trials),
         pareto=pareto_table(trials) if searched else pareto_table(trials.iloc[0:0]),
         importances=importance_table(trials) if searched else importance_table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -35,7 +36,7 @@ def trial(tid, model, dataset, radius, seed, val, gap, status="completed", kind=
            "resources_cpu": 1.0, "resources_gpu": 0.0, "wall_time_s": 3600.0,
            "config.model.name": model, "config.data.name": dataset,
            "config.perturb.kind": kind, "config.perturb.radius": radius, "config.seed": seed,
-           "search_params": None if params is None else pd.io.json.ujson_dumps(params),
+           "search_params": None if params is None else json.dumps(params),
            "last.val/headline": val, "last.probe/headline": val + gap,
            "last.gap/headline": gap, "last.val/R@1": val / 2, "last.probe/R@1": (val + gap) / 2,
            "last.gap/R@1": gap / 2}
@@ -181,3 +182,59 @@ def test_search_studies_get_a_pareto_front_and_importances(tmp_path):
     out = build_report(tmp_path)
     assert (out / "figures" / "pareto-all.png").is_file()
     assert (out / "figures" / "importance-all.png").is_file()
+
+
+@pytest.mark.slow  # needs a Chromium binary: apt-get install chromium
+def test_the_html_report_renders_in_headless_chromium(tmp_path):
+    from study.report.check_html import check
+
+    rows = hand_made().to_dict("records")
+    write_export(tmp_path, rows)
+    assert check(build_report(tmp_path)) == []
+    # and the check does catch a broken page
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "index.html").write_text(
+        "<html><body><img src=\"data:image/png;base64,AAAA\">"
+        "<script>throw new Error('boom')</script></body></html>")
+    problems = check(broken)
+    assert any("not a valid PNG" in p for p in problems)
+    assert any("Uncaught" in p for p in problems)
+
+
+def test_holm_correction_by_hand():
+    from study.report.tables import holm
+
+    adj = holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adj == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+
+
+def test_a_study_without_any_epoch_still_reports(tmp_path):
+    row = {"study": "empty", "trial_id": "run-000/x", "run": "run-000", "cell_id": "c",
+           "cell": "c", "status": "running", "config.model.name": "m",
+           "config.data.name": "d", "config.perturb.kind": "wrf", "config.perturb.radius": 0.0}
+    pq.write_table(pa.Table.from_pylist([row], schema=schema.trials_schema([])),
+                   tmp_path / "trials.parquet")
+    pq.write_table(pa.Table.from_pylist([], schema=schema.epochs_schema([])),
+                   tmp_path / "epochs.parquet")
+    out = build_report(tmp_path)
+    assert "No trial has reported an epoch yet" in (out / "summary.md").read_text()
+
+
+def test_a_training_size_axis_gets_its_own_facets_and_gap_curve(tmp_path):
+    rows = []
+    for n, gaps in ((50, (20, 12)), (400, (8, 6))):
+        for radius, gap in zip((0.0, 1e-3), gaps, strict=True):
+            for s in range(2):
+                r = trial(f"{n}-{radius}-{s}", "A", "D", radius, s, 50 + s, gap + s)
+                r["config.data.max_triplets"] = n
+                r["cell_id"] = f"{n}|{radius}"
+                rows.append(r)
+    write_export(tmp_path, rows)
+    out = build_report(tmp_path)
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert "gap-triplets-D-A.png" in names
+    assert {"gap-radius-model-D-triplets-50.png", "gap-radius-model-D-triplets-400.png"} <= names
+    red = pd.read_parquet(out / "tables" / "reduction.parquet").set_index("triplets")
+    assert red.loc[50, "reduction_pct"] == pytest.approx(100 * (20.5 - 12.5) / 20.5)
+    assert red.loc[400, "reduction_pct"] == pytest.approx(100 * (8.5 - 6.5) / 8.5)

@@ -65,7 +65,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert "state: interrupted" in study_status(study_dir)  # status works after a crash
     resumed = subprocess.run([*cmd, "resume", str(study_dir)], env=env, capture_output=True,
                              text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, (resumed.returncode, resumed.stdout[-1000:],
+                                     resumed.stderr[-3000:])
 
     trials = pd.read_parquet(study_dir / "trials.parquet")
     epochs_df = pd.read_parquet(study_dir / "epochs.parquet")

@@ -180,3 +180,21 @@ def test_uri_storage_keeps_checkpoints_there_and_the_ledger_local(tmp_path, monk
     trials, _ = read(export_study(study_dir))
     assert list(trials["status"]) == ["completed"]
     resume_study(study_dir)  # finds the Tune state through the URI; nothing left to do
+
+
+def test_a_failing_trial_is_retried_then_errored_and_the_others_finish(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    spec = tiny_spec("fail", grid={"model.pretrained": [None, str(bad)]},
+                     failure={"max_failures": 1})
+    study_dir = run_study(parse_spec(spec), storage=tmp_path / "results")
+    trials, _ = read(export_study(study_dir))
+    broken = trials[trials["config.model.pretrained"] == str(bad)].iloc[0]
+    assert broken["status"] == "errored" and broken["failures"] == 2  # first try + 1 retry
+    assert "cannot load" in broken["error"]
+    fine = trials[trials["config.model.pretrained"].isna()].iloc[0]
+    assert fine["status"] == "completed"
+    from study.runner import read_meta
+
+    assert read_meta(study_dir)["runs"][0]["status"] == "finished"
+    assert "1 errored" in study_status(study_dir)

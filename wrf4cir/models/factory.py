@@ -158,9 +158,10 @@ def create_backbone(name: str, pretrained: str | None = None, device: str | torc
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=device, cache_dir=cache_dir)
-    except RuntimeError as exc:
+    except Exception as exc:  # noqa: BLE001 - a bad checkpoint fails in many ways
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model.pretrained: cannot load {pretrained!r} for {name}: "
-                         f"{exc}") from None
+                         f"{first[:300]}") from None
     tokenizer = open_clip.get_tokenizer(name)
     return clip, preprocess, tokenizer
 
