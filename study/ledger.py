@@ -14,8 +14,9 @@ Tables::
     epochs(trial_key, epoch, metrics_json, reported, PRIMARY KEY (trial_key, epoch))
     meta(key PK, value_json)
 
-``status`` is what really happened: ``pending``, ``running``, ``completed`` (all epochs),
-``stopped_early`` (the scheduler ended it), ``errored`` (out of retries, or diverged).
+``status`` is what really happened (the values are ``study.schema.STATUSES``):
+``pending``, ``running``, ``completed`` (all epochs), ``stopped_early`` (the scheduler
+ended it), ``errored`` (out of retries, or diverged).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 FILENAME = "ledger.sqlite"
-STATUSES = ("pending", "running", "completed", "stopped_early", "errored")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (

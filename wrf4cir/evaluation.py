@@ -8,7 +8,7 @@ drawn, and the gap. The trainer and the study layer only call these functions.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,7 +175,3 @@ def contrastive_eval_loss(query: Tensor, target: Tensor, logit_scale: float,
         count += q.shape[0]
     return total / max(count, 1)
 
-
-def summary(metrics: Mapping[str, float], keys: Sequence[str] = ("headline",)) -> str:
-    """``'headline 12.3 R@1 4.5'``: compact text for log lines."""
-    return " ".join(f"{k} {metrics[k]:.2f}" for k in keys if k in metrics)
