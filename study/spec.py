@@ -43,8 +43,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from wrf4cir.config import Config, ConfigError, config_keys, read_yaml, set_by_path
 
 SECTIONS = ("model", "data", "perturb", "optim", "eval", "run")
-METRIC_RE = re.compile(r"^((val|probe|gap)/(R@\d+|Rsubset@\d+|headline|loss)|train/loss"
-                       r"|sharpness/mean)$")
+# split/[part/]metric, e.g. val/headline, gap/R@10, val/dress/R@50 (FashionIQ categories)
+METRIC_RE = re.compile(r"^((val|probe|gap)/([A-Za-z0-9_-]+/)?(R@\d+|Rsubset@\d+|headline|loss)"
+                       r"|train/loss|sharpness/mean)$")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 

@@ -67,6 +67,13 @@ class DataConfig:
     # generator options of synthetic datasets (seed, image_size, train_triplets,
     # val_triplets); null: the registered recipe
     recipe: dict[str, Any] | None = None
+    # FashionIQ categories (dress, shirt, toptee) as a name or a list; null: all three,
+    # trained jointly and scored per category and averaged
+    category: list[str] | str | None = None
+    # image preprocessing: 'clip' (open_clip's resize and centre crop) or 'target_pad'
+    # (CLIP4Cir: pad to square first when the aspect ratio exceeds target_pad_ratio)
+    preprocess: Literal["clip", "target_pad"] = "clip"
+    target_pad_ratio: float = 1.25
     validate_images: bool = True  # check every referenced image exists before training
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
 
@@ -162,6 +169,8 @@ class Config:
         _check(d.max_triplets is None or d.max_triplets >= 1, "data.max_triplets",
                "expected an integer >= 1 or null", d.max_triplets)
         _check(d.num_workers >= 0, "data.num_workers", "expected >= 0", d.num_workers)
+        _check(d.target_pad_ratio >= 1, "data.target_pad_ratio", "expected >= 1",
+               d.target_pad_ratio)
         _check(p.radius >= 0 and math.isfinite(p.radius), "perturb.radius",
                "expected a finite number >= 0", p.radius)
         _check(p.perturb_every >= 1, "perturb.perturb_every", "expected >= 1", p.perturb_every)

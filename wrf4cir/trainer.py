@@ -40,9 +40,10 @@ from tqdm.auto import tqdm
 from wrf4cir import checkpoint as ckpt
 from wrf4cir.config import Config, ConfigError, flatten, save_config
 from wrf4cir.data import CIRDataset, DataError, build_dataset, list_datasets
+from wrf4cir.data.transforms import image_transform
 from wrf4cir.evaluation import (
     contrastive_eval_loss,
-    evaluate,
+    evaluate_features,
     generalization_gap,
     train_probe,
 )
@@ -100,18 +101,34 @@ class History:
 
 
 class TripletData(Dataset):
-    """A CIR split as ``(reference tensor, text, target tensor)`` triplets."""
+    """A CIR split as ``(reference tensor, text, target tensor)`` triplets.
 
-    def __init__(self, dataset: CIRDataset, transform: Callable[[Any], Tensor]) -> None:
+    A dataset with ``text_choices(i)`` (FashionIQ's four caption forms) gets one of them
+    drawn per query and epoch, from a generator seeded by ``(seed, epoch, i)``: random
+    like the reference code, yet the same on every run and after a resume.
+    """
+
+    def __init__(self, dataset: CIRDataset, transform: Callable[[Any], Tensor],
+                 seed: int = 0) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.choices = getattr(dataset, "text_choices", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.dataset.queries)
 
     def __getitem__(self, i: int) -> tuple[Tensor, str, Tensor]:
         q = self.dataset.queries[i]
-        return (self.transform(self.dataset.image(q.reference)), q.text,
+        text = q.text
+        if self.choices is not None:
+            forms = self.choices(i)
+            text = forms[random.Random(f"{self.seed}/{self.epoch}/{i}").randrange(len(forms))]
+        return (self.transform(self.dataset.image(q.reference)), text,
                 self.transform(self.dataset.image(q.target)))
 
 
@@ -235,6 +252,8 @@ def _data_options(config: Config) -> dict[str, Any]:
     opts: dict[str, Any] = {"validate_images": d.validate_images}
     if d.recipe is not None:
         opts["recipe"] = d.recipe
+    if d.category is not None:
+        opts["category"] = d.category
     return opts
 
 
@@ -313,8 +332,7 @@ def evaluate_model(model: CIRModel, dataset: CIRDataset, transform: Callable[[An
             text = model.encode_text(tokens)
             query_feats.append(model.compose(refs.to(text.dtype), text).float().cpu())
     query = torch.cat(query_feats)
-    gallery_feats = feats[: len(gallery)]
-    metrics = evaluate(dataset, query @ gallery_feats.T)
+    metrics = evaluate_features(dataset, query, feats[: len(gallery)])
     targets = feats[[index[q.target] for q in queries]]
     metrics["loss"] = contrastive_eval_loss(query, targets, float(model.logit_scale().detach()),
                                             config.optim.batch_size)
@@ -448,9 +466,10 @@ def fit(config: Config, callbacks: Iterable[Callback] = ()) -> History:
     train, val = load_splits(cfg)
     probe = train_probe(train, val, cfg.eval.probe_queries, cfg.eval.probe_seed)
     model, transform, tokenizer = build_model(cfg.model, device)
+    transform = image_transform(transform, cfg.data.preprocess, cfg.data.target_pad_ratio)
     optimizer = build_optimizer(model, cfg)
     loader_gen = torch.Generator()
-    train_data = TripletData(train, transform)
+    train_data = TripletData(train, transform, seed=cfg.seed)
     drop_last = len(train_data) > cfg.optim.batch_size  # keep a tiny set's only batch
     loader = DataLoader(train_data, batch_size=cfg.optim.batch_size, shuffle=True,
                         drop_last=drop_last, collate_fn=_Collate(tokenizer),
@@ -488,6 +507,7 @@ def fit(config: Config, callbacks: Iterable[Callback] = ()) -> History:
         model.train()
         # a generator seeded per epoch: the data order does not depend on resume points
         loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
+        train_data.set_epoch(epoch)
         sums: dict[str, float] = {}
         n_steps, second_pass = 0, 0.0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False,

@@ -117,14 +117,18 @@ def test_shipped_experiments_are_valid(name, cells):
     assert len(study.cells) == cells
 
 
-def test_paper_gap_fails_only_for_want_of_the_real_datasets():
+def test_paper_gap_is_valid_apart_from_where_the_releases_live():
     from pathlib import Path
 
     from study.spec import load_spec
 
-    # FashionIQ and CIRR loaders come with their own issue; until then this is the one error
-    with pytest.raises(SpecError, match="data.name: unknown dataset 'fashioniq'"):
-        load_spec(Path(__file__).parents[2] / "experiments" / "paper-gap.yaml")
+    path = Path(__file__).parents[2] / "experiments" / "paper-gap.yaml"
+    # on this machine the releases are not at /data/...: the one local error
+    with pytest.raises(SpecError, match="data.root: /data/fashioniq is not a directory"):
+        load_spec(path)
+    # a driver joining a cluster leaves that check to the workers: the rest is valid
+    study = load_spec(path, check_local=False)
+    assert len(study.cells) == 3 * 2 * 6 and study.trials_planned == 108
 
 
 def test_relative_paths_are_made_absolute_before_launch(tmp_path):

@@ -95,3 +95,11 @@ def test_flat_keys_cover_every_leaf():
     flat = flatten(Config())
     assert flat["perturb.modules"] == ["image", "text", "fusion"]
     assert yaml.safe_load(yaml.safe_dump(flat)) == flat
+
+
+@pytest.mark.parametrize("name", ["synthetic-shapes", "synthetic-scenes", "fashioniq", "cirr"])
+def test_example_configs_load(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[2] / "configs" / f"{name}.yaml")
+    assert cfg.data.name == name

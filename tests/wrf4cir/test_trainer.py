@@ -150,3 +150,42 @@ def test_perturbing_only_the_fusion_head_leaves_the_encoders_alone(tmp_path):
                         perturb={"modules": ["fusion"], "radius": 1e-2},
                         optim={"epochs": 1, "batch_size": 8, "lr": 1e-3}))
     assert h.final["time/second_pass"] > 0
+
+
+def test_fashioniq_release_trains_jointly_and_reports_per_category(tmp_path):
+    from tests.wrf4cir.release_fixtures import write_fashioniq
+
+    root = write_fashioniq(tmp_path / "fashionIQ")
+    h = fit(tiny_config(tmp_path / "run", data={"name": "fashioniq", "root": str(root),
+                                                "recipe": None, "preprocess": "target_pad"},
+                        optim={"epochs": 1, "batch_size": 8, "lr": 1e-3}))
+    m = h.final
+    for cat in ("dress", "shirt", "toptee"):
+        for key in ("R@10", "R@50", "headline"):
+            assert f"val/{cat}/{key}" in m and f"probe/{cat}/{key}" in m
+            assert f"gap/{cat}/{key}" in m
+    mean10 = sum(m[f"val/{c}/R@10"] for c in ("dress", "shirt", "toptee")) / 3
+    mean50 = sum(m[f"val/{c}/R@50"] for c in ("dress", "shirt", "toptee")) / 3
+    assert m["val/R@10"] == pytest.approx(mean10)
+    assert m["val/headline"] == pytest.approx((mean10 + mean50) / 2)
+    assert "val/R@1" not in m  # FashionIQ reports R@10 and R@50 only
+
+
+def test_cirr_release_trains_and_reports_subset_recall(tmp_path):
+    from tests.wrf4cir.release_fixtures import write_cirr
+
+    root = write_cirr(tmp_path / "cirr")
+    h = fit(tiny_config(tmp_path / "run", data={"name": "cirr", "root": str(root),
+                                                "recipe": None},
+                        optim={"epochs": 1, "batch_size": 8, "lr": 1e-3}))
+    m = h.final
+    for key in ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"):
+        assert f"val/{key}" in m and f"probe/{key}" in m and f"gap/{key}" in m
+    assert m["val/headline"] == pytest.approx((m["val/R@5"] + m["val/Rsubset@1"]) / 2)
+
+
+def test_a_missing_release_root_fails_before_any_work(tmp_path):
+    with pytest.raises(DataError, match="not a directory"):
+        fit(tiny_config(tmp_path / "run", data={"name": "cirr", "root": str(tmp_path / "nope"),
+                                                "recipe": None}))
+    assert not (tmp_path / "run").exists()

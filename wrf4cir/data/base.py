@@ -89,6 +89,33 @@ class DatasetView:
         return len(self._queries)
 
 
+class PartsView:
+    """Several datasets scored separately but trained and encoded together.
+
+    FashionIQ trained jointly on its categories is one: each category keeps its own
+    gallery. ``queries`` are the parts' queries concatenated in ``parts`` order,
+    ``gallery`` the union of their galleries (first occurrence order).
+    """
+
+    def __init__(self, parts: dict[str, CIRDataset], split: str) -> None:
+        first = next(iter(parts.values()))
+        self.parts = parts
+        self.name, self.protocol, self.split = first.name, first.protocol, split
+        self._queries = [q for p in parts.values() for q in p.queries]
+        self._gallery = list(dict.fromkeys(g for p in parts.values() for g in p.gallery))
+
+    @property
+    def queries(self) -> Sequence[Query]:
+        return self._queries
+
+    @property
+    def gallery(self) -> Sequence[str]:
+        return self._gallery
+
+    def image(self, name: str) -> Image.Image:
+        return next(iter(self.parts.values())).image(name)
+
+
 def subsample_queries(queries: Sequence[Query], max_triplets: int | None, seed: int) -> list[Query]:
     """The seeded "few triplets" subsample: ``max_triplets`` queries, in their original order.
 
