@@ -255,3 +255,27 @@ def test_train_probe_per_part():
     assert len(probe.parts["dress"].queries) == 5 and len(probe.parts["dress"].gallery) == 20
     assert len(probe.parts["shirt"].queries) == 5 and len(probe.parts["shirt"].gallery) == 10
     assert all(g.startswith("ts") for g in probe.parts["shirt"].gallery)
+
+
+def test_same_ranking_reference_first_cirr_removes_it_fashioniq_does_not():
+    gallery = [f"g{i}" for i in range(60)]
+    members = ("g0", "g1", "g2", "g3", "g4", "g5")
+    q = Query("g0", "g1", "t", pair_id=1, members=members)
+    scores = torch.zeros(1, 60)
+    scores[0, 0], scores[0, 1] = 2.0, 1.0  # the reference first, the target second
+    assert evaluate(cirr([q], gallery), scores)["R@1"] == 100.0  # reference removed
+    assert evaluate(fiq([q], gallery), scores)["R@10"] == 100.0
+    one = torch.zeros(1, 60)
+    one[0, 0], one[0, 1] = 2.0, 1.0
+    one[0, 2:11] = 1.5  # nine more between: with the reference kept the target is 11th
+    assert evaluate(fiq([q], gallery), one)["R@10"] == 0.0
+    assert evaluate(cirr([q], gallery), one)["R@10"] == 100.0  # 10th once it is removed
+
+
+def test_oracle_gives_100_on_every_fashioniq_metric():
+    gallery = [f"g{i}" for i in range(30)]
+    queries = [Query(f"g{i}", f"g{i + 15}", "t") for i in range(15)]
+    scores = torch.zeros(15, 30)
+    for i in range(15):
+        scores[i, i + 15] = 1.0
+    assert all(v == 100.0 for v in evaluate(fiq(queries, gallery), scores).values())
