@@ -29,13 +29,13 @@ from typing import Any
 from PIL import Image
 
 from wrf4cir.data.base import DataError, Query, register_dataset
-from wrf4cir.data.fashioniq import (
-    _check_root,
-    _kept_indices,
-    _load_image,
-    _no_extra_options,
-    _read_json,
-    _verify_images,
+from wrf4cir.data.release import (
+    check_root,
+    kept_indices,
+    load_image,
+    no_extra_options,
+    read_json,
+    verify_images,
 )
 
 SPLITS: tuple[str, ...] = ("train", "val", "test1")
@@ -99,11 +99,11 @@ class CIRR:
         path = self.image_path(name)
         if not path.is_file():
             raise DataError(f"image {path} (listed in {self.split_file}) does not exist")
-        return _load_image(path)
+        return load_image(path)
 
 
 def _read_split_file(path: Path) -> dict[str, str]:
-    data = _read_json(path, "CIRR split file")
+    data = read_json(path, "CIRR split file")
     if not isinstance(data, dict):
         raise DataError(f"CIRR split file {path} must hold a JSON object mapping image names "
                         f"to paths, got {type(data).__name__}")
@@ -182,7 +182,7 @@ def _check_images(root: Path, paths: dict[str, str], split_path: Path) -> None:
     for name, path in zip(paths, files, strict=True):
         if not path.is_file():
             raise DataError(f"image {path} of {name!r}, listed in {split_path}, does not exist")
-    _verify_images(files)
+    verify_images(files)
 
 
 @register_dataset("cirr")
@@ -203,16 +203,16 @@ def build_cirr(root: str | Path | None, split: str, *, max_triplets: int | None 
     reference or target is not among its img_set members (naming the pairid), a missing
     or unreadable image; and for an unknown split.
     """
-    _no_extra_options("cirr", recipe=recipe, category=category)
+    no_extra_options("cirr", recipe=recipe, category=category)
     canonical = SPLIT_ALIASES.get(split, split)
     if canonical not in SPLITS:
         raise DataError(f"CIRR has splits {', '.join(SPLITS)} (or 'test' for test1); "
                         f"got {split!r}")
-    root = _check_root(root, "CIRR")
+    root = check_root(root, "CIRR")
     split_path = root / "cirr" / "image_splits" / f"split.rc2.{canonical}.json"
     cap_path = root / "cirr" / "captions" / f"cap.rc2.{canonical}.json"
     paths = _read_split_file(split_path)
-    data = _read_json(cap_path, "CIRR caption file")
+    data = read_json(cap_path, "CIRR caption file")
     if not isinstance(data, list):
         raise DataError(f"CIRR caption file {cap_path} must hold a JSON list of entries, "
                         f"got {type(data).__name__}")
@@ -229,7 +229,7 @@ def build_cirr(root: str | Path | None, split: str, *, max_triplets: int | None 
     if validate_images:
         _check_images(root, paths, split_path)
 
-    keep = (_kept_indices(queries, max_triplets, seed) if canonical == "train"
+    keep = (kept_indices(queries, max_triplets, seed) if canonical == "train"
             else list(range(len(queries))))
     return CIRR(root, canonical, [queries[i] for i in keep], [set_ids[i] for i in keep],
                 [softs[i] for i in keep], paths, cap_path, split_path)

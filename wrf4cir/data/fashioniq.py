@@ -24,91 +24,27 @@ naming the file before any training starts.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from wrf4cir.data.base import DataError, Query, register_dataset, subsample_queries
+from wrf4cir.data.base import DataError, Query, register_dataset
+from wrf4cir.data.release import (
+    check_root,
+    kept_indices,
+    load_image,
+    no_extra_options,
+    read_json,
+    verify_images,
+)
 
 CATEGORIES: tuple[str, ...] = ("dress", "shirt", "toptee")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 STRIP_CHARS = ".?, "
 IMAGE_EXTS: tuple[str, ...] = (".jpg", ".png")  # tried in this order
-
-
-# --------------------------------------------------------------------------- shared helpers
-# (also used by wrf4cir.data.cirr)
-
-
-def _read_json(path: Path, what: str) -> Any:
-    """The JSON value in ``path``; :class:`DataError` naming it if missing or not JSON."""
-    if not path.is_file():
-        raise DataError(f"missing {what} {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {what} {path}: {exc}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{what} {path} is not valid JSON: {exc}") from exc
-
-
-def _check_root(root: str | Path | None, dataset: str) -> Path:
-    if root is None:
-        raise DataError(f"{dataset} needs data.root: the folder holding the release")
-    path = Path(root).expanduser().resolve()
-    if not path.is_dir():
-        raise DataError(f"{dataset} root {path} does not exist or is not a directory")
-    return path
-
-
-def _no_extra_options(dataset: str, **options: Any) -> None:
-    """The trainer passes some keywords to every loader; reject values that mean nothing here."""
-    for key, value in options.items():
-        if value is not None:
-            raise DataError(f"{dataset} takes no {key!r} option (got {value!r}); it is an "
-                            f"option of other datasets")
-
-
-def _verify_one(path: Path) -> None:
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
-        raise DataError(f"image {path} is unreadable: {type(exc).__name__}: {exc}") from exc
-
-
-def _verify_images(paths: Sequence[Path]) -> None:
-    """Open every image with Pillow and ``verify()`` it; :class:`DataError` naming the first
-    unreadable one in ``paths`` order (threads: a release has tens of thousands)."""
-    if not paths:
-        return
-    workers = min(8, os.cpu_count() or 1, len(paths))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(_verify_one, paths):  # re-raises the first failure in order
-            pass
-
-
-def _load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as exc:
-        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
-
-
-def _kept_indices(queries: list[Query], max_triplets: int | None, seed: int) -> list[int]:
-    """Indices of the queries :func:`subsample_queries` keeps (by identity, in order)."""
-    kept = subsample_queries(queries, max_triplets, seed)
-    position = {id(q): i for i, q in enumerate(queries)}
-    return [position[id(q)] for q in kept]
 
 
 # --------------------------------------------------------------------------- captions
@@ -204,7 +140,7 @@ class FashionIQ:
     def image(self, name: str) -> Image.Image:
         """Image ``name`` as RGB (any image of the release, not only this split's);
         :class:`DataError` naming the file if it is missing or unreadable."""
-        return _load_image(self.image_path(name))
+        return load_image(self.image_path(name))
 
 
 def _check_name(name: Any, what: str, where: Path | None = None) -> None:
@@ -217,7 +153,7 @@ def _check_name(name: Any, what: str, where: Path | None = None) -> None:
 
 
 def _read_split_list(path: Path) -> list[str]:
-    data = _read_json(path, "FashionIQ split file")
+    data = read_json(path, "FashionIQ split file")
     if not isinstance(data, list):
         raise DataError(f"FashionIQ split file {path} must hold a JSON list of image names, "
                         f"got {type(data).__name__}")
@@ -229,7 +165,7 @@ def _read_split_list(path: Path) -> list[str]:
 def _read_caption_file(path: Path, split: str, images: set[str],
                        split_path: Path) -> list[tuple[str, str | None, str, str]]:
     """``(candidate, target or None, c1, c2)`` of each triplet of ``path``, checked."""
-    data = _read_json(path, "FashionIQ caption file")
+    data = read_json(path, "FashionIQ caption file")
     if not isinstance(data, list):
         raise DataError(f"FashionIQ caption file {path} must hold a JSON list of triplets, "
                         f"got {type(data).__name__}")
@@ -286,7 +222,7 @@ def _resolve_images(root: Path, names: Sequence[str],
         else:
             raise DataError(f"image {root / 'images' / name}.jpg (or .png), listed in "
                             f"{split_paths[name]}, does not exist")
-    _verify_images(list(out.values()))
+    verify_images(list(out.values()))
     return out
 
 
@@ -311,11 +247,11 @@ def build_fashioniq(root: str | Path | None, split: str, *,
     from its category's split list, a missing or unreadable image; and for an unknown
     split or category.
     """
-    _no_extra_options("fashioniq", recipe=recipe)
+    no_extra_options("fashioniq", recipe=recipe)
     if split not in SPLITS:
         raise DataError(f"FashionIQ has splits {', '.join(SPLITS)}; got {split!r}")
     cats = _categories_of(category)
-    root = _check_root(root, "FashionIQ")
+    root = check_root(root, "FashionIQ")
 
     per_cat: dict[str, tuple[list[Query], list[tuple[str, ...]], list[str]]] = {}
     split_of: dict[str, Path] = {}  # image name -> the split file listing it (first one)
@@ -346,7 +282,7 @@ def build_fashioniq(root: str | Path | None, split: str, *,
     all_queries = [q for cat in cats for q in per_cat[cat][0]]
     all_choices = [c for cat in cats for c in per_cat[cat][1]]
     all_cats = [cat for cat in cats for _ in per_cat[cat][0]]
-    keep = (_kept_indices(all_queries, max_triplets, seed) if split == "train"
+    keep = (kept_indices(all_queries, max_triplets, seed) if split == "train"
             else list(range(len(all_queries))))
     queries = [all_queries[i] for i in keep]
     choices = [all_choices[i] for i in keep]
