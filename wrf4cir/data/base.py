@@ -71,22 +71,14 @@ class DatasetView:
         self.name = parent.name
         self.split = split or f"{parent.split}-view"
         self.protocol = parent.protocol
-        self._queries = list(queries)
-        self._gallery = list(gallery)
-
-    @property
-    def queries(self) -> Sequence[Query]:
-        return self._queries
-
-    @property
-    def gallery(self) -> Sequence[str]:
-        return self._gallery
+        self.queries: list[Query] = list(queries)
+        self.gallery: list[str] = list(gallery)
 
     def image(self, name: str) -> Image.Image:
         return self.parent.image(name)
 
     def __len__(self) -> int:
-        return len(self._queries)
+        return len(self.queries)
 
 
 class PartsView:
@@ -101,16 +93,9 @@ class PartsView:
         first = next(iter(parts.values()))
         self.parts = parts
         self.name, self.protocol, self.split = first.name, first.protocol, split
-        self._queries = [q for p in parts.values() for q in p.queries]
-        self._gallery = list(dict.fromkeys(g for p in parts.values() for g in p.gallery))
-
-    @property
-    def queries(self) -> Sequence[Query]:
-        return self._queries
-
-    @property
-    def gallery(self) -> Sequence[str]:
-        return self._gallery
+        self.queries: list[Query] = [q for p in parts.values() for q in p.queries]
+        self.gallery: list[str] = list(dict.fromkeys(g for p in parts.values()
+                                                     for g in p.gallery))
 
     def image(self, name: str) -> Image.Image:
         return next(iter(self.parts.values())).image(name)
