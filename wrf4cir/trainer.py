@@ -343,22 +343,22 @@ def evaluate_model(model: CIRModel, dataset: CIRDataset, transform: Callable[[An
 
 def measure_sharpness(model: CIRModel, probe: CIRDataset, transform: Callable[[Any], Tensor],
                       tokenizer: Any, config: Config, device: torch.device,
-                      amp: torch.dtype | None) -> dict[str, float]:
+                      amp: torch.dtype | None, base_loss: float) -> dict[str, float]:
     """Mean (and std) increase of the probe loss under random layer-wise perturbations.
 
     Each sample moves every trainable tensor with >= 2 dims by ``r * ||w_l||`` in a random
     direction (the ``random`` kind of perturb.py), measures the loss, and restores the
-    weights exactly. Flatter minima rise less.
+    weights exactly. Flatter minima rise less. ``base_loss`` is the probe loss at the
+    trained weights, which the epoch's evaluation has already measured.
     """
     params = [(p, config.eval.sharpness_radius) for p in model.parameters()
               if p.requires_grad and p.ndim >= 2]
     generator = torch.Generator().manual_seed(config.seed + 1)
-    base = evaluate_model(model, probe, transform, tokenizer, config, device, amp)["loss"]
     rises = []
     for _ in range(config.eval.sharpness_samples):
         with perturbed(params, "random", generator):
             loss = evaluate_model(model, probe, transform, tokenizer, config, device, amp)["loss"]
-        rises.append(loss - base)
+        rises.append(loss - base_loss)
     return {"sharpness/mean": statistics.fmean(rises),
             "sharpness/std": statistics.pstdev(rises) if len(rises) > 1 else 0.0}
 
@@ -544,7 +544,7 @@ def fit(config: Config, callbacks: Iterable[Callback] = ()) -> History:
             metrics.update({f"gap/{k}": v for k, v in generalization_gap(probe_m, val_m).items()})
             if is_last and cfg.eval.sharpness:
                 metrics.update(measure_sharpness(model, probe, transform, tokenizer, cfg,
-                                                 device, amp))
+                                                 device, amp, probe_m["loss"]))
             t_eval = time.perf_counter() - t0
         metrics.update({"time/epoch": time.perf_counter() - t_epoch, "time/train": t_train,
                         "time/second_pass": second_pass, "time/eval": t_eval})
