@@ -44,7 +44,10 @@ def _last_line(text: str | None) -> str | None:
     if not text:
         return None
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1][:1000] if lines else None
+    if not lines:
+        return None
+    # Ray follows a dead worker's reason with a paragraph of generic advice
+    return lines[-1].split(" Some common causes include")[0][:1000]
 
 
 def judge(result: dict[str, Any] | None) -> tuple[str, str | None]:
@@ -134,6 +137,8 @@ class LedgerCallback(tune.Callback):
         metrics = {k: v for k, v in result.items()
                    if k.startswith(METRIC_PREFIXES) or k in ("epoch", "step", "lr",
                                                               "logit_scale")}
+        if result.get("note"):  # e.g. it resumed from an older checkpoint than Tune's
+            self.ledger.add_note(self.key(trial), str(result["note"]))
         self.ledger.record_epoch(self.key(trial), int(epoch), metrics)
         self.ledger.upsert_trial(self.key(trial), epochs_done=int(epoch),
                                  node=result.get("hostname") or result.get("node_ip"),
@@ -152,8 +157,11 @@ class LedgerCallback(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                          **info: Any) -> None:
         self._register(trial)
+        error = error_text(trial)
         self.ledger.upsert_trial(self.key(trial), status="running",
-                                 failures=int(trial.num_failures), error=error_text(trial))
+                                 failures=int(trial.num_failures), error=error)
+        self.ledger.add_note(self.key(trial), f"attempt {trial.num_failures} failed: "
+                             f"{error or 'no reason left'}; retrying from its last checkpoint")
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Reconcile with the trials Tune ended with.
@@ -170,10 +178,12 @@ class LedgerCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._register(trial)
+        error = error_text(trial) or "errored (no error text left)"
         self.ledger.upsert_trial(self.key(trial), status="errored",
                                  failures=int(trial.num_failures), ray_status=trial.status,
-                                 error=error_text(trial) or "errored (no error text left)",
-                                 ended=time.time())
+                                 error=error, ended=time.time())
+        self.ledger.add_note(self.key(trial), f"attempt {trial.num_failures} failed: {error}; "
+                             "no retries left (failure.max_failures)")
         self._known[trial.trial_id] = trial.status
 
 

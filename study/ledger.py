@@ -10,13 +10,14 @@ Tables::
     trials(trial_key PK, run, ray_trial_id, cell_id, cell_label, repeat, params_json,
            config_json, status, ray_status, error, epochs_done, max_epochs, failures,
            node, resources_json, started, ended, wall_time_s, optuna_study, optuna_number,
-           updated)
+           notes, updated)
     epochs(trial_key, epoch, metrics_json, reported, PRIMARY KEY (trial_key, epoch))
     meta(key PK, value_json)
 
 ``status`` is what really happened (the values are ``study.schema.STATUSES``):
 ``pending``, ``running``, ``completed`` (all epochs), ``stopped_early`` (the scheduler
-ended it), ``errored`` (out of retries, or diverged).
+ended it), ``errored`` (out of retries, or diverged). ``notes`` is the trial's history of
+mishaps, one line each (a failed attempt and its reason, a checkpoint it could not read).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS trials (
     wall_time_s REAL,
     optuna_study TEXT,
     optuna_number INTEGER,
+    notes TEXT,
     updated REAL
 );
 CREATE TABLE IF NOT EXISTS epochs (
@@ -65,6 +67,9 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value_json TEXT NOT NULL);
 """
+
+# columns added after the first release: (name, type), added to older ledgers on open
+_ADDED_COLUMNS = {"notes": "TEXT"}
 
 _TRIAL_COLUMNS = ("run", "ray_trial_id", "cell_id", "cell_label", "repeat", "params_json",
                   "config_json", "status", "ray_status", "error", "epochs_done", "max_epochs",
@@ -83,6 +88,10 @@ class Ledger:
         if not readonly:
             with self._connect() as con:
                 con.executescript(_SCHEMA)
+                have = {r["name"] for r in con.execute("PRAGMA table_info(trials)")}
+                for column, sql_type in _ADDED_COLUMNS.items():
+                    if column not in have:  # a ledger written by an older version
+                        con.execute(f"ALTER TABLE trials ADD COLUMN {column} {sql_type}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -116,6 +125,15 @@ class Ledger:
             sets = ", ".join(f"{k}=?" for k in values)
             con.execute(f"UPDATE trials SET {sets} WHERE trial_key=?",
                         (*values.values(), trial_key))
+
+    def add_note(self, trial_key: str, text: str) -> None:
+        """Append one line (with its UTC time) to the trial's ``notes``."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        line = f"{stamp} {' '.join(text.split())}"
+        self.upsert_trial(trial_key)
+        with self._connect() as con:
+            con.execute("UPDATE trials SET notes = COALESCE(notes || char(10), '') || ? "
+                        "WHERE trial_key=?", (line, trial_key))
 
     def record_epoch(self, trial_key: str, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Store one epoch's metrics (replacing an earlier report of the same epoch)."""

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -205,7 +205,7 @@ def _trainable(study_dir: Path, meta: dict[str, Any]):
 
 
 def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, Any],
-           verbose: int):
+           verbose: int, extra_callbacks: Sequence[Any] = ()):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -242,7 +242,7 @@ def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, A
     planned = num_samples if spec.search else len(study.cells) * run["repeats"]
     callbacks = [LedgerCallback(str(study_dir), run["id"], meta["spec"]),
                  ProgressCallback(f"{study.name} {run['id']}", objective.metric,
-                                  objective.mode, planned)]
+                                  objective.mode, planned), *extra_callbacks]
     return tune.Tuner(
         _trainable(study_dir, meta),
         param_space=param_space,
@@ -336,8 +336,13 @@ def _now() -> str:
 
 
 def run_study(study: Study, storage: str | Path = "results", name: str | None = None,
-              address: str | None = None, ship_code: bool = True, verbose: int = 0) -> Path:
-    """Launch a new study; returns its folder. Refuses an existing study folder."""
+              address: str | None = None, ship_code: bool = True, verbose: int = 0,
+              callbacks: Sequence[Any] = ()) -> Path:
+    """Launch a new study; returns its folder. Refuses an existing study folder.
+
+    ``callbacks`` are extra Tune callbacks for this driver (the fault drill's injector);
+    they must pickle, since Tune saves them with its experiment state.
+    """
     name = name or study.name
     storage_str = str(storage)
     is_uri = "://" in storage_str
@@ -368,7 +373,7 @@ def run_study(study: Study, storage: str | Path = "results", name: str | None = 
             prewarm(study)
         init_ray(address, ship_code, verbose)
         run = meta["runs"][-1]
-        _fit(_tuner(study, study_dir, meta, run, verbose), study_dir, meta, run)
+        _fit(_tuner(study, study_dir, meta, run, verbose, callbacks), study_dir, meta, run)
     return study_dir
 
 

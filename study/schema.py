@@ -15,6 +15,9 @@ status                   string           completed | stopped_early | errored | 
 error                    string           why it errored (null otherwise)
 epochs_done, max_epochs  int64            epochs reported / configured
 failures                 int64            restarts after failures
+notes                    string           what went wrong along the way, one line each
+                                          (failed attempts and why, unreadable
+                                          checkpoints skipped); null if nothing did
 node                     string           host the trial last ran on
 resources_cpu/gpu        float64          resources requested per trial
 wall_time_s              float64          training wall time reported by Tune
@@ -63,6 +66,7 @@ TRIAL_FIXED: dict[str, pa.DataType] = {
     "epochs_done": pa.int64(),
     "max_epochs": pa.int64(),
     "failures": pa.int64(),
+    "notes": pa.string(),
     "node": pa.string(),
     "resources_cpu": pa.float64(),
     "resources_gpu": pa.float64(),

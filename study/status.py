@@ -62,6 +62,12 @@ def study_status(study_dir: str | Path) -> str:
     errored = [t for t in trials if t["status"] == "errored"]
     for t in errored[:5]:
         lines.append(f"errored {t['trial_key']}: {t.get('error') or '?'}")
+    if len(errored) > 5:
+        lines.append(f"... and {len(errored) - 5} more errored trials (see trials.parquet)")
+    troubled = [t for t in trials if t.get("notes") and t["status"] != "errored"]
+    for t in troubled[:5]:
+        last = t["notes"].splitlines()[-1]
+        lines.append(f"recovered {t['trial_key']} ({t.get('failures') or 0} failures): {last}")
     return "\n".join(lines)
 
 

@@ -3,12 +3,14 @@
 It rebuilds the trial's training config from the study (``base`` + grid cell + Optuna
 params + repeat seed), reports every epoch with ``tune.report``, hands each checkpoint
 ``fit`` writes to Tune as a ``tune.Checkpoint``, and on a restart continues from
-``tune.get_checkpoint()``, not from epoch 0. Only ``ray.tune.*`` names are used here.
+``tune.get_checkpoint()``, not from epoch 0 (from an older checkpoint if that one is
+unreadable; see :func:`restore`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -16,12 +18,15 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from study.spec import Study, parse_spec
 from wrf4cir import EpochReport, NonFiniteLossError, fit
-from wrf4cir.checkpoint import checkpoint_epoch
+from wrf4cir.checkpoint import CheckpointError, checkpoint_epoch, load_checkpoint
 from wrf4cir.config import Config
+
+log = logging.getLogger(__name__)
 
 # keys of a trial's Tune config (what the searcher or the grid produce)
 CELL, REPEAT, PARAMS = "cell", "repeat", "params"
@@ -39,6 +44,54 @@ def trial_config(study: Study, trial_params: dict[str, Any], out_dir: Path,
                checkpoint_every=study.spec.checkpoint.every,
                keep_checkpoints=study.spec.checkpoint.keep)
     return Config.from_dict(data)
+
+
+def restore(checkpoint: tune.Checkpoint, dest: Path) -> tuple[Path | None, str | None]:
+    """A readable copy of the trial's newest usable checkpoint, and what went wrong.
+
+    Tune hands a restarted trial its latest checkpoint. If that one cannot be read (a
+    write cut off, a damaged disk), the trial's older checkpoints in storage are tried,
+    newest first; if none can be read the trial starts again from epoch 0. Returns
+    ``(local copy or None, note)``; the note (None when all went well) says what happened.
+    """
+    broken: list[str] = []
+    for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
+        name = Path(candidate.path).name
+        local = dest / name
+        try:
+            candidate.to_directory(str(local))
+            load_checkpoint(local)  # weights_only: a checkpoint cannot run code
+        except (CheckpointError, OSError) as exc:
+            broken.append(f"{name} ({exc})" if not isinstance(exc, CheckpointError)
+                          else f"{name} ({str(exc).split(': ', 1)[-1]})")
+            shutil.rmtree(local, ignore_errors=True)
+            log.warning("checkpoint %s of this trial is unreadable: %s", candidate.path, exc)
+            continue
+        if not broken:
+            return local, None
+        note = (f"unreadable checkpoint {'; '.join(broken)}: resumed from the older {name} "
+                f"(epoch {checkpoint_epoch(local)})")
+        log.warning(note)
+        return local, note
+    note = (f"no readable checkpoint ({'; '.join(broken)}): restarted from epoch 0")
+    log.warning(note)
+    return None, note
+
+
+def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    # Tune keeps a trial's last `checkpoint.keep` checkpoints side by side in storage, as
+    # checkpoint_000007/, checkpoint_000006/, ...
+    from pyarrow import fs as pafs
+
+    parent, name = os.path.split(checkpoint.path.rstrip("/"))
+    try:
+        infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        return []
+    older = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.base_name < name),
+                   reverse=True)
+    return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for path in older]
 
 
 _STUDIES: dict[str, Study] = {}
@@ -63,21 +116,24 @@ def make_trainable(spec_data: dict[str, Any], cache_dir: str | None):
         # per trial: a reused actor may run several trials in the same directory
         out_dir = Path(os.getcwd()) / f"fit-{tune.get_context().get_trial_id()}"
         config = trial_config(study, trial_params, out_dir, cpu)
-        checkpoint = tune.get_checkpoint()
-        start = 0
-        if checkpoint is not None:
+        start, note = 0, None
+        if tune.get_checkpoint() is not None:
             # continue from what Tune restored, not from epoch 0
-            restored = out_dir / "restored"
-            restored.mkdir(parents=True, exist_ok=True)
-            local = checkpoint.to_directory(str(restored))
-            config.run.resume = str(local)
-            start = checkpoint_epoch(local) or 0
+            local, note = restore(tune.get_checkpoint(), out_dir / "restored")
+            if local is not None:
+                config.run.resume = str(local)
+                start = checkpoint_epoch(local) or 0
         constants = {"cell": trial_params[CELL], "max_epochs": float(config.optim.epochs),
                      "hostname": socket.gethostname(), "diverged": 0.0,
+                     # which Ray node ran it (Tune adds the process id as "pid")
+                     "node_id": ray.get_runtime_context().get_node_id(),
                      "trial/resumed_from": float(start)}
 
         def report(r: EpochReport) -> None:
+            nonlocal note
             metrics = {**r.metrics, **constants}
+            if note:  # the driver records it with the trial (once)
+                metrics["note"], note = note, None
             if r.checkpoint is not None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(r.checkpoint)))
                 # Tune has copied it to the study's storage; the local copy would only fill

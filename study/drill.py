@@ -1,0 +1,530 @@
+"""The fault drill: break a Ray cluster on purpose and check that no result is lost.
+
+``wrf4cir-study fault-drill`` runs small studies of tiny synthetic trials and
+injects one kind of failure into each, then checks what a long sweep relies on:
+
+``node``    a worker node dies mid-study (its raylet is killed with SIGKILL). Its trials
+            restart on the surviving nodes from their last checkpoint, not from epoch 0;
+            the study completes; every (trial, epoch) is recorded exactly once.
+``driver``  the driver is killed with SIGKILL, then ``wrf4cir-study resume``: every trial
+            finishes exactly once and the Optuna history has one finished entry per trial
+            with the values the trials reported.
+``trial``   one trial's worker process is killed with SIGKILL at every attempt: it is
+            retried ``failure.max_failures`` times from its checkpoint, then recorded as
+            errored with the reason; the other trials are unaffected.
+``checkpoint`` a trial's latest checkpoint is truncated in storage (a write cut off) and
+            its process killed: the restart detects the broken checkpoint, resumes from
+            the one before, and says so in the trial's ``notes``.
+
+Without ``--address`` the drill starts its own cluster on this machine (a head node
+without CPUs and two one-CPU worker nodes) and removes it afterwards. With ``--address``
+it runs on the given cluster: the ``node`` scenario then really takes down one worker
+node's raylet (never the head's, never the driver's), which the operator or the
+autoscaler has to bring back. Studies are written under ``--storage``, which on a real
+cluster must be storage every node reaches (NFS, ``s3://``, ...).
+
+Faults are injected from the driver by :class:`FaultInjector`, a Tune callback that
+watches the trials' reports and, at the chosen epoch, sends a SIGKILL through a
+zero-CPU Ray task pinned to the victim's node: the same mechanism on a laptop and on a
+cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from ray import tune
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = ("node", "driver", "trial", "checkpoint")
+EPOCHS = 4  # per drill trial: long enough to kill one midway, short enough for minutes
+AT_EPOCH = 2  # a fault is injected once the victim has reported this epoch
+
+
+def drill_spec(name: str, max_failures: int, search: bool = False) -> dict[str, Any]:
+    """A study of two tiny synthetic trials (random init, a few seconds per epoch)."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "description": "wrf4cir-study fault drill",
+        "base": {
+            "model": {"name": "wrf-tiny-rn", "pretrained": None},
+            "data": {"name": "synthetic-shapes",
+                     "recipe": {"train_triplets": 64, "val_triplets": 24}},
+            "optim": {"epochs": EPOCHS, "batch_size": 8, "lr": 1e-3},
+            "eval": {"batch_size": 64},
+        },
+        "resources": {"cpu": 1},
+        "failure": {"max_failures": max_failures},
+        "checkpoint": {"every": 1, "keep": 2},
+    }
+    if search:
+        spec["search"] = {"sampler": "random", "num_samples": 2, "seed": 0,
+                          "objectives": [{"metric": "val/headline", "mode": "max"}],
+                          "space": {"perturb.radius": {"uniform": [0.0, 1e-2]}}}
+    else:
+        spec["grid"] = {"perturb.radius": [0.0, 1e-2]}
+    return spec
+
+
+# ---------------------------------------------------------------------------------------
+# injecting faults
+
+
+def _pinned(node_id: str):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:  # no /proc (macOS)
+        out = subprocess.run(["ps", "-o", "comm=", "-p", str(pid)], capture_output=True,
+                             text=True)
+        return Path(out.stdout.strip()).name
+
+
+def _sigkill(pid: int) -> str:
+    os.kill(pid, signal.SIGKILL)
+    return f"SIGKILL sent to process {pid}"
+
+
+def _sigkill_raylet() -> str:
+    # Ray workers are the raylet's children: the parent of this task is its node's raylet
+    raylet = os.getppid()
+    name = _process_name(raylet)
+    if not name.endswith("raylet"):
+        raise RuntimeError(f"the parent of a Ray worker is {name!r} (pid {raylet}), not the "
+                           "raylet; this cluster starts its workers differently")
+    os.kill(raylet, signal.SIGKILL)
+    return f"SIGKILL sent to raylet {raylet}"
+
+
+def kill_process(node_id: str, pid: int) -> None:
+    """SIGKILL process ``pid`` on Ray node ``node_id`` (through a task pinned there)."""
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=0)(_sigkill)
+    ray.get(task.options(scheduling_strategy=_pinned(node_id)).remote(pid), timeout=60)
+
+
+def kill_node(node_id: str) -> None:
+    """SIGKILL the raylet of Ray node ``node_id``: the node and its workers die."""
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=0)(_sigkill_raylet)
+    ref = task.options(scheduling_strategy=_pinned(node_id)).remote()
+    # the task's own process dies with its raylet; an error here is expected
+    with contextlib.suppress(ray.exceptions.RayError):
+        ray.get(ref, timeout=30)
+    # wait until the cluster has noticed, so that the restart does not land on it
+    end = time.time() + 120
+    while time.time() < end:
+        if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"node {node_id} still alive two minutes after its raylet was killed")
+
+
+def truncate_checkpoint(checkpoint: tune.Checkpoint) -> str:
+    """Cut a checkpoint's ``checkpoint.pt`` in storage to half its size; returns its path."""
+    from wrf4cir.checkpoint import FILENAME
+
+    fs, path = checkpoint.filesystem, f"{checkpoint.path.rstrip('/')}/{FILENAME}"
+    with fs.open_input_file(path) as fh:
+        data = fh.read()
+    with fs.open_output_stream(path) as fh:
+        fh.write(data[: len(data) // 2])
+    return path
+
+
+def protected_nodes() -> set[str]:
+    """Nodes the drill must never kill: the head node and the node of this driver."""
+    import ray
+
+    heads = {n["NodeID"] for n in ray.nodes()
+             if "node:__internal_head__" in n.get("Resources", {})}
+    return heads | {ray.get_runtime_context().get_node_id()}
+
+
+class FaultInjector(tune.Callback):
+    """Injects a fault into one trial from the driver.
+
+    Kinds: ``"process"`` kills the trial's process, ``"node"`` its node, ``"checkpoint"``
+    truncates the trial's latest checkpoint in storage (a write cut off) and then kills
+    its process, so that the restart finds it broken.
+
+    The victim is the first trial that reports epoch ``at_epoch`` on a node not in
+    ``protect``. Each new attempt of the victim (a new pid) is struck until ``times``
+    faults were injected. ``injected`` lists what was done, for the checks.
+    """
+
+    def __init__(self, kind: str, at_epoch: int = AT_EPOCH, times: int = 1,
+                 protect: Sequence[str] = (), injected: list[dict[str, Any]] | None = None,
+                 victim: str | None = None) -> None:
+        if kind not in ("process", "node", "checkpoint"):
+            raise ValueError(f"unknown fault kind {kind!r}")
+        self.kind, self.at_epoch, self.times = kind, at_epoch, times
+        self.protect = list(protect)
+        self.injected = list(injected or [])
+        self.victim = victim
+        self._pending: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled into Tune's experiment state: plain data only
+        return {"kind": self.kind, "at_epoch": self.at_epoch, "times": self.times,
+                "protect": self.protect, "injected": self.injected, "victim": self.victim}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
+        if (len(self.injected) >= self.times or self._pending
+                or self.victim not in (None, trial.trial_id)):
+            return
+        epoch, node, pid = result.get("epoch"), result.get("node_id"), result.get("pid")
+        if epoch is None or epoch < self.at_epoch or not node or node in self.protect:
+            return
+        if any(f["pid"] == pid for f in self.injected):
+            return  # this attempt was already struck; wait for its restart
+        with_checkpoint = bool(result.get("checkpoint_dir_name"))
+        if self.kind == "checkpoint" and not with_checkpoint:
+            return
+        self.victim = trial.trial_id
+        # Tune registers the checkpoint that came with this result only after the
+        # callbacks ran: strike when it does, so that the restart can use it
+        self._pending = {"trial": trial.trial_id, "epoch": int(epoch), "node": node,
+                         "pid": int(pid), "with_checkpoint": with_checkpoint}
+
+    def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any,
+                      checkpoint: tune.Checkpoint, **info: Any) -> None:
+        if self._pending and self._pending["trial"] == trial.trial_id:
+            self._strike(checkpoint)
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._pending and not self._pending["with_checkpoint"]:
+            self._strike(None)
+
+    def _strike(self, checkpoint: tune.Checkpoint | None) -> None:
+        fault, self._pending = self._pending, None
+        del fault["with_checkpoint"]
+        if self.kind == "checkpoint":
+            fault["truncated"] = truncate_checkpoint(checkpoint)
+        if self.kind == "node":
+            kill_node(fault["node"])
+        else:
+            kill_process(fault["node"], fault["pid"])
+        self.injected.append({**fault, "time": time.time()})
+        log.warning("fault drill: killed the %s of trial %s after its epoch %d",
+                    {"node": "node", "process": "process", "checkpoint": "latest checkpoint "
+                     "and the process"}[self.kind], fault["trial"], fault["epoch"])
+
+
+# ---------------------------------------------------------------------------------------
+# checks
+
+
+@dataclass
+class Outcome:
+    """What one scenario did and whether every check held."""
+
+    scenario: str
+    study_dir: Path | None = None
+    seconds: float = 0.0
+    checks: list[tuple[str, bool]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.checks) and all(ok for _, ok in self.checks)
+
+    def check(self, what: str, ok: bool) -> bool:
+        self.checks.append((what, bool(ok)))
+        return bool(ok)
+
+    def lines(self) -> list[str]:
+        head = f"{self.scenario:<10} {'PASS' if self.passed else 'FAIL'}  {self.seconds:.0f}s"
+        out = [head + (f"  {self.study_dir}" if self.study_dir else "")]
+        out += [f"    [{'x' if ok else ' '}] {what}" for what, ok in self.checks]
+        if self.error:
+            out.append(f"    error: {self.error}")
+        return out
+
+
+def _tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from study.export import export_study
+
+    export_study(study_dir)
+    return (pd.read_parquet(study_dir / "trials.parquet"),
+            pd.read_parquet(study_dir / "epochs.parquet"))
+
+
+def _check_epochs(out: Outcome, trials: pd.DataFrame, epochs: pd.DataFrame,
+                  complete: pd.Series) -> None:
+    out.check("each (trial, epoch) recorded exactly once",
+              not epochs.duplicated(["trial_id", "epoch"]).any())
+    done = trials[complete]
+    ok = all(sorted(epochs.loc[epochs["trial_id"] == t, "epoch"]) == list(range(1, EPOCHS + 1))
+             for t in done["trial_id"])
+    out.check(f"completed trials have epochs 1..{EPOCHS}, no gap", ok and len(done) > 0)
+
+
+def _victim_rows(epochs: pd.DataFrame, trials: pd.DataFrame, ray_id: str) -> pd.DataFrame:
+    ids = trials.loc[trials["trial_id"].str.endswith("/" + ray_id), "trial_id"]
+    return epochs[epochs["trial_id"].isin(ids)]
+
+
+def check_node(out: Outcome, injector: FaultInjector) -> None:
+    out.check("a worker node running a trial was killed", len(injector.injected) == 1)
+    trials, epochs = _tables(out.study_dir)
+    out.check("every trial completed", (trials["status"] == "completed").all())
+    _check_epochs(out, trials, epochs, trials["status"] == "completed")
+    if injector.injected:
+        fault = injector.injected[0]
+        rows = _victim_rows(epochs, trials, fault["trial"])
+        resumed = rows["trial/resumed_from"].max() if len(rows) else 0
+        out.check(f"the victim restarted from its checkpoint (epoch {resumed:g}), not from 0",
+                  resumed >= fault["epoch"])
+        row = trials[trials["trial_id"].str.endswith("/" + fault["trial"])]
+        out.check("the victim's failure was counted", len(row) == 1
+                  and int(row["failures"].iloc[0]) >= 1)
+
+
+def check_trial(out: Outcome, injector: FaultInjector, max_failures: int) -> None:
+    out.check(f"the victim's process was killed {max_failures + 1} times (each attempt)",
+              len(injector.injected) == max_failures + 1)
+    trials, epochs = _tables(out.study_dir)
+    if not injector.injected:
+        return
+    ray_id = injector.injected[0]["trial"]
+    is_victim = trials["trial_id"].str.endswith("/" + ray_id)
+    victim = trials[is_victim]
+    out.check("the victim is recorded as errored",
+              len(victim) == 1 and victim["status"].iloc[0] == "errored")
+    reason = str(victim["error"].iloc[0]) if len(victim) else ""
+    out.check(f"with the reason ({reason[:90]})", "died" in reason.lower()
+              or "killed" in reason.lower())
+    rows = _victim_rows(epochs, trials, ray_id)
+    out.check("it was retried from its checkpoint, not from epoch 0",
+              len(rows) and rows["trial/resumed_from"].max() >= AT_EPOCH)
+    others = trials[~is_victim]
+    out.check("the other trials completed", len(others) > 0
+              and (others["status"] == "completed").all())
+    _check_epochs(out, trials, epochs, ~is_victim)
+
+
+def check_checkpoint(out: Outcome, injector: FaultInjector) -> None:
+    out.check("the victim's latest checkpoint was truncated and its process killed",
+              len(injector.injected) == 1 and bool(injector.injected[0].get("truncated")))
+    trials, epochs = _tables(out.study_dir)
+    out.check("every trial completed", (trials["status"] == "completed").all())
+    _check_epochs(out, trials, epochs, trials["status"] == "completed")
+    if not injector.injected:
+        return
+    fault = injector.injected[0]
+    rows = _victim_rows(epochs, trials, fault["trial"])
+    resumed = rows["trial/resumed_from"].max() if len(rows) else 0
+    out.check(f"the victim resumed from the checkpoint before it (epoch {resumed:g})",
+              0 < resumed < fault["epoch"])
+    row = trials[trials["trial_id"].str.endswith("/" + fault["trial"])]
+    notes = str(row["notes"].iloc[0]) if len(row) else ""
+    out.check("and says so in its notes", "unreadable checkpoint" in notes)
+
+
+def check_driver(out: Outcome, n_trials: int) -> None:
+    import optuna
+
+    trials, epochs = _tables(out.study_dir)
+    out.check(f"{n_trials} trials, none duplicated or missing",
+              len(trials) == n_trials and trials["trial_id"].is_unique)
+    out.check("every trial completed", (trials["status"] == "completed").all())
+    _check_epochs(out, trials, epochs, trials["status"] == "completed")
+    out.check("an interrupted trial continued from its checkpoint",
+              (epochs["trial/resumed_from"] > 0).any())
+    storage = f"sqlite:///{out.study_dir}/optuna.db"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    history = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    complete = {t.user_attrs.get("ray_trial_id"): t for t in history
+                if t.state.name == "COMPLETE"}
+    out.check("Optuna: one finished entry per trial",
+              len(complete) == n_trials == sum(t.state.name == "COMPLETE" for t in history))
+    same = all(ray_id in complete and complete[ray_id].value == row["last.val/headline"]
+               for ray_id, row in zip(trials["trial_id"].str.split("/").str[1],
+                                      trials.to_dict("records"), strict=True))
+    out.check("Optuna's values are the values the trials reported", same)
+    out.check("Optuna: no entry left running", all(t.state.name != "RUNNING" for t in history))
+
+
+# ---------------------------------------------------------------------------------------
+# scenarios
+
+
+def _in_process(name: str, root: Path, address: str, ship_code: bool, max_failures: int,
+                injector: FaultInjector) -> Path:
+    from study.runner import run_study
+    from study.spec import parse_spec
+
+    return run_study(parse_spec(drill_spec(name, max_failures), check_local=False),
+                     storage=root, address=address, ship_code=ship_code, callbacks=[injector])
+
+
+def scenario_node(root: Path, address: str, ship_code: bool) -> Outcome:
+    out = Outcome("node")
+    injector = FaultInjector("node", protect=sorted(protected_nodes()))
+    out.study_dir = _in_process("drill-node", root, address, ship_code, 2, injector)
+    check_node(out, injector)
+    return out
+
+
+def scenario_trial(root: Path, address: str, ship_code: bool) -> Outcome:
+    max_failures = 1
+    out = Outcome("trial")
+    # killing a trial's process harms nothing else, on the head node too
+    injector = FaultInjector("process", times=max_failures + 1)
+    out.study_dir = _in_process("drill-trial", root, address, ship_code, max_failures,
+                                injector)
+    check_trial(out, injector, max_failures)
+    return out
+
+
+def scenario_checkpoint(root: Path, address: str, ship_code: bool) -> Outcome:
+    out = Outcome("checkpoint")
+    injector = FaultInjector("checkpoint")
+    out.study_dir = _in_process("drill-checkpoint", root, address, ship_code, 2, injector)
+    check_checkpoint(out, injector)
+    return out
+
+
+def _midway(ledger_path: Path) -> bool:
+    from study.ledger import Ledger
+
+    if not ledger_path.is_file():
+        return False
+    try:
+        ledger = Ledger(ledger_path, readonly=True)
+        running = {t["trial_key"] for t in ledger.trials() if t["status"] == "running"}
+        last: dict[str, int] = {}
+        for row in ledger.epochs():
+            last[row["trial_key"]] = row["epoch"]
+    except Exception:  # noqa: BLE001 - the driver may be creating the tables right now
+        return False
+    return any(AT_EPOCH <= last.get(k, 0) < EPOCHS for k in running)
+
+
+def scenario_driver(root: Path, address: str, ship_code: bool, timeout: float = 300) -> Outcome:
+    out = Outcome("driver")
+    name = "drill-driver"
+    out.study_dir = root / name
+    spec_path = root / f"{name}.yaml"
+    spec_path.write_text(yaml.safe_dump(drill_spec(name, 2, search=True), sort_keys=False))
+    cmd = [sys.executable, "-m", "study.cli"]
+    flags = ["--address", address] + ([] if ship_code else ["--no-ship-code"])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log_path = root / f"{name}.driver.log"
+    with open(log_path, "wb") as log_file:
+        driver = subprocess.Popen([*cmd, "run", str(spec_path), "--storage", str(root),
+                                   *flags], env=env, stdout=log_file, stderr=log_file)
+        try:
+            end = time.time() + timeout
+            while time.time() < end and driver.poll() is None:
+                if _midway(out.study_dir / "ledger.sqlite"):
+                    break
+                time.sleep(0.3)
+        finally:
+            killed = driver.poll() is None
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+    if not out.check("the driver was killed with a trial midway", killed):
+        out.error = f"the driver ended by itself (see {log_path})"
+        return out
+    resumed = subprocess.run([*cmd, "resume", str(out.study_dir), *flags], env=env,
+                             capture_output=True, text=True, timeout=timeout)
+    if not out.check("`wrf4cir-study resume` succeeded", resumed.returncode == 0):
+        out.error = (resumed.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return out
+    check_driver(out, n_trials=2)
+    return out
+
+
+_SCENARIO_FUNCS: dict[str, Callable[[Path, str, bool], Outcome]] = {
+    "node": scenario_node, "driver": scenario_driver, "trial": scenario_trial,
+    "checkpoint": scenario_checkpoint}
+
+
+@contextmanager
+def local_cluster(workers: int = 2) -> Iterator[str]:
+    """A head node without CPUs and ``workers`` one-CPU worker nodes on this machine."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(workers):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
+def run_drill(address: str | None = None, storage: str | Path = "results/fault-drill",
+              scenarios: Sequence[str] = SCENARIOS, ship_code: bool = True,
+              report: Callable[[str], None] = print) -> list[Outcome]:
+    """Run the scenarios (on a cluster of this machine's when ``address`` is None).
+
+    Each scenario is a new study in ``<storage>/<UTC time>/``; ``report`` gets each
+    outcome's lines as soon as it is known.
+    """
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        from study.spec import SpecError
+
+        raise SpecError(f"--scenarios: unknown scenario {unknown[0]!r} "
+                        f"(choose from {', '.join(SCENARIOS)})")
+    root = Path(storage).expanduser().resolve() / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    root.mkdir(parents=True, exist_ok=False)
+    if address is None:
+        with local_cluster() as local:
+            return _drill(local, root, scenarios, ship_code=False, report=report)
+    return _drill(address, root, scenarios, ship_code, report)
+
+
+def _drill(address: str, root: Path, scenarios: Sequence[str], ship_code: bool,
+           report: Callable[[str], None]) -> list[Outcome]:
+    import ray
+
+    from study.runner import init_ray
+
+    outcomes = []
+    init_ray(address, ship_code, verbose=0)
+    try:
+        for name in scenarios:
+            t0 = time.time()
+            try:
+                out = _SCENARIO_FUNCS[name](root, address, ship_code)
+            except Exception as exc:  # noqa: BLE001 - a failed scenario is a finding
+                out = Outcome(name, error=f"{type(exc).__name__}: {exc}")
+            out.seconds = time.time() - t0
+            outcomes.append(out)
+            for line in out.lines():
+                report(line)
+    finally:
+        ray.shutdown()
+    return outcomes
