@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 from ray import tune
 
 from study.ledger import Ledger
+from study.runner import MIN_FREE_ENV, free_bytes
 from study.spec import parse_spec
 from study.trainable import CELL, PARAMS, REPEAT
 
@@ -40,14 +44,24 @@ def error_text(trial: Any) -> str | None:
         return None
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b[^:]*:")
+_DETAIL_LINE = re.compile(r"^\s+\w+: \S+$")  # Ray's "\tpid: 123" lines under an error
+
+
 def _last_line(text: str | None) -> str | None:
+    """The last exception of a traceback as one line, with what Ray says under it."""
     if not text:
         return None
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    lines = [ln.rstrip() for ln in str(text).strip().splitlines() if ln.strip()]
     if not lines:
         return None
+    # Tune's error.txt heads each failure with "Failure # 2 (occurred at ...)"
+    starts = [i + ln.startswith("Failure #") for i, ln in enumerate(lines)
+              if _EXCEPTION_LINE.match(ln) or ln.startswith("Failure #")]
+    tail = (lines[starts[-1]:] if starts else []) or lines[-1:]
+    summary = " ".join(ln.strip() for ln in tail if not _DETAIL_LINE.match(ln))
     # Ray follows a dead worker's reason with a paragraph of generic advice
-    return lines[-1].split(" Some common causes include")[0][:1000]
+    return summary.split(" Some common causes include")[0][:1000]
 
 
 def judge(result: dict[str, Any] | None) -> tuple[str, str | None]:
@@ -185,6 +199,44 @@ class LedgerCallback(tune.Callback):
         self.ledger.add_note(self.key(trial), f"attempt {trial.num_failures} failed: {error}; "
                              "no retries left (failure.max_failures)")
         self._known[trial.trial_id] = trial.status
+
+
+class StorageGuard(tune.Callback):
+    """Stops the study, like Ctrl-C, when its folder's disk runs low: nothing half-written.
+
+    Every ``every_s`` seconds it checks the free space under ``study_dir``; below
+    ``min_free_gb`` it logs why and interrupts the driver, which saves Tune's state and
+    leaves the unfinished trials to ``wrf4cir-study resume`` once there is room again
+    (each continues from its last checkpoint). ``min_free_gb`` 0 turns it off.
+    """
+
+    def __init__(self, study_dir: str, min_free_gb: float, every_s: float = 5.0) -> None:
+        self.study_dir, self.min_free_gb, self.every_s = study_dir, min_free_gb, every_s
+        self._last = 0.0
+        self.tripped = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"study_dir": self.study_dir, "min_free_gb": self.min_free_gb,
+                "every_s": self.every_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # restored by `resume`: the threshold is the resuming driver's --min-free-gb
+        state["min_free_gb"] = float(os.environ.get(MIN_FREE_ENV, state["min_free_gb"]))
+        self.__init__(**state)
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        now = time.monotonic()
+        if self.tripped or self.min_free_gb <= 0 or now - self._last < self.every_s:
+            return
+        self._last = now
+        free = free_bytes(Path(self.study_dir))
+        if free >= self.min_free_gb * 2**30:
+            return
+        self.tripped = True
+        log.error("%s: only %.2f GiB free, below --min-free-gb %g: stopping the study before "
+                  "a write fails. Free some space, then `wrf4cir-study resume %s`",
+                  self.study_dir, free / 2**30, self.min_free_gb, self.study_dir)
+        signal.raise_signal(signal.SIGINT)  # Tune's own Ctrl-C handling: save, then stop
 
 
 def drop_checkpoints(trial: Any) -> None:

@@ -1,4 +1,4 @@
-"""The ``wrf4cir-study`` command: run, resume, extend, status, export, report.
+"""The ``wrf4cir-study`` command: run, resume, extend, status, export, report, fault-drill.
 
 Bad input (spec, study folder, flags) exits with code 2 and one line on stderr before
 any Ray instance starts or any folder is created.
@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from study.drill import SCENARIOS
+from study.runner import MIN_FREE_GB
+
 log = logging.getLogger("study")
 
 
@@ -20,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more output (-v: Ray's trial table and worker logs)")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def room(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--min-free-gb", type=float, default=MIN_FREE_GB, metavar="GB",
+                       help="refuse to start, and stop (resumably) while running, when the "
+                            f"study folder's disk has less free (default {MIN_FREE_GB:g}; "
+                            "0: no check)")
 
     def cluster(q: argparse.ArgumentParser) -> None:
         q.add_argument("--address", help="join a Ray cluster ('auto', 'ray://host:10001'); "
@@ -35,16 +44,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="where studies live: a local folder (default: results/) or a URI "
                         "Ray's storage understands (s3://..., gs://...) for trial checkpoints")
     cluster(r)
+    room(r)
 
     s = sub.add_parser("resume", help="continue an interrupted study")
     s.add_argument("study_dir", type=Path)
     cluster(s)
+    room(s)
 
     e = sub.add_parser("extend", help="add trials to a finished study")
     e.add_argument("study_dir", type=Path)
     e.add_argument("--samples", type=int, required=True,
                    help="more Optuna trials per grid cell (searches) or more seeds (grids)")
     cluster(e)
+    room(e)
 
     st = sub.add_parser("status", help="what a study has done (running, crashed or finished)")
     st.add_argument("study_dir", type=Path)
@@ -52,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write trials.parquet and epochs.parquet")
     x.add_argument("study_dir", type=Path)
     x.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR)")
+
+    fd = sub.add_parser("fault-drill",
+                        help="break a Ray cluster on purpose (a node, the driver, a trial's "
+                             "process, a checkpoint) and check that no result is lost")
+    fd.add_argument("--storage", default="results/fault-drill",
+                    help="where the drill's studies go (on a cluster: storage every node "
+                         "reaches); default: results/fault-drill/")
+    fd.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)")
+    cluster(fd)
 
     rp = sub.add_parser("report", help="gap tables, heatmaps and curves from the export")
     rp.add_argument("study_dir", type=Path,
@@ -101,21 +123,23 @@ def _run(args: argparse.Namespace) -> int:
     study = load_spec(args.spec, check_local=args.address is None)
     return _finish(run_study(study, storage=args.storage, name=args.name,
                              address=args.address, ship_code=args.ship_code,
-                             verbose=args.verbose))
+                             verbose=args.verbose, min_free_gb=args.min_free_gb))
 
 
 def _resume(args: argparse.Namespace) -> int:
     from study.runner import resume_study
 
     return _finish(resume_study(args.study_dir, address=args.address,
-                                ship_code=args.ship_code, verbose=args.verbose))
+                                ship_code=args.ship_code, verbose=args.verbose,
+                                min_free_gb=args.min_free_gb))
 
 
 def _extend(args: argparse.Namespace) -> int:
     from study.runner import extend_study
 
     return _finish(extend_study(args.study_dir, args.samples, address=args.address,
-                                ship_code=args.ship_code, verbose=args.verbose))
+                                ship_code=args.ship_code, verbose=args.verbose,
+                                min_free_gb=args.min_free_gb))
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -148,8 +172,29 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fault_drill(args: argparse.Namespace) -> int:
+    from study.spec import SpecError
+
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    bad = [s for s in scenarios if s not in SCENARIOS] or ([] if scenarios else [""])
+    if bad:
+        raise SpecError(f"--scenarios: unknown scenario {bad[0]!r} (choose from "
+                        f"{', '.join(SCENARIOS)})")
+    from study.drill import run_drill
+
+    where = args.address or "a local cluster (head + 2 worker nodes)"
+    print(f"fault drill on {where}: {', '.join(scenarios)}", flush=True)
+    outcomes = run_drill(args.address, args.storage, scenarios, ship_code=args.ship_code,
+                         report=lambda line: print(line, flush=True))
+    failed = [o.scenario for o in outcomes if not o.passed]
+    print("\nsummary:\n" + "\n".join(o.lines()[0] for o in outcomes))
+    print("fault drill: " + (f"FAILED ({', '.join(failed)})" if failed else
+                             f"all {len(outcomes)} scenarios passed"))
+    return 1 if failed else 0
+
+
 _COMMANDS = {"run": _run, "resume": _resume, "extend": _extend, "status": _status,
-             "export": _export, "report": _report}
+             "export": _export, "report": _report, "fault-drill": _fault_drill}
 
 
 if __name__ == "__main__":

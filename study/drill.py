@@ -23,15 +23,12 @@ node's raylet (never the head's, never the driver's), which the operator or the
 autoscaler has to bring back. Studies are written under ``--storage``, which on a real
 cluster must be storage every node reaches (NFS, ``s3://``, ...).
 
-Faults are injected from the driver by :class:`FaultInjector`, a Tune callback that
-watches the trials' reports and, at the chosen epoch, sends a SIGKILL through a
-zero-CPU Ray task pinned to the victim's node: the same mechanism on a laptop and on a
-cluster.
+Faults are injected from the driver by :class:`study.faults.FaultInjector`, the same
+mechanism on a laptop and on a cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -43,17 +40,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
-from ray import tune
+
+if TYPE_CHECKING:
+    from study.faults import FaultInjector
 
 log = logging.getLogger(__name__)
 
 SCENARIOS = ("node", "driver", "trial", "checkpoint")
 EPOCHS = 4  # per drill trial: long enough to kill one midway, short enough for minutes
-AT_EPOCH = 2  # a fault is injected once the victim has reported this epoch
+AT_EPOCH = 2  # a fault strikes once the victim has reported this epoch
 
 
 def drill_spec(name: str, max_failures: int, search: bool = False) -> dict[str, Any]:
@@ -70,7 +69,8 @@ def drill_spec(name: str, max_failures: int, search: bool = False) -> dict[str, 
         },
         "resources": {"cpu": 1},
         "failure": {"max_failures": max_failures},
-        "checkpoint": {"every": 1, "keep": 2},
+        # finished trials' checkpoints are of no use to a drill (and ~100 MB each)
+        "checkpoint": {"every": 1, "keep": 2, "keep_finished": False},
     }
     if search:
         spec["search"] = {"sampler": "random", "num_samples": 2, "seed": 0,
@@ -79,162 +79,6 @@ def drill_spec(name: str, max_failures: int, search: bool = False) -> dict[str, 
     else:
         spec["grid"] = {"perturb.radius": [0.0, 1e-2]}
     return spec
-
-
-# ---------------------------------------------------------------------------------------
-# injecting faults
-
-
-def _pinned(node_id: str):
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-
-
-def _process_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:  # no /proc (macOS)
-        out = subprocess.run(["ps", "-o", "comm=", "-p", str(pid)], capture_output=True,
-                             text=True)
-        return Path(out.stdout.strip()).name
-
-
-def _sigkill(pid: int) -> str:
-    os.kill(pid, signal.SIGKILL)
-    return f"SIGKILL sent to process {pid}"
-
-
-def _sigkill_raylet() -> str:
-    # Ray workers are the raylet's children: the parent of this task is its node's raylet
-    raylet = os.getppid()
-    name = _process_name(raylet)
-    if not name.endswith("raylet"):
-        raise RuntimeError(f"the parent of a Ray worker is {name!r} (pid {raylet}), not the "
-                           "raylet; this cluster starts its workers differently")
-    os.kill(raylet, signal.SIGKILL)
-    return f"SIGKILL sent to raylet {raylet}"
-
-
-def kill_process(node_id: str, pid: int) -> None:
-    """SIGKILL process ``pid`` on Ray node ``node_id`` (through a task pinned there)."""
-    import ray
-
-    task = ray.remote(num_cpus=0, max_retries=0)(_sigkill)
-    ray.get(task.options(scheduling_strategy=_pinned(node_id)).remote(pid), timeout=60)
-
-
-def kill_node(node_id: str) -> None:
-    """SIGKILL the raylet of Ray node ``node_id``: the node and its workers die."""
-    import ray
-
-    task = ray.remote(num_cpus=0, max_retries=0)(_sigkill_raylet)
-    ref = task.options(scheduling_strategy=_pinned(node_id)).remote()
-    # the task's own process dies with its raylet; an error here is expected
-    with contextlib.suppress(ray.exceptions.RayError):
-        ray.get(ref, timeout=30)
-    # wait until the cluster has noticed, so that the restart does not land on it
-    end = time.time() + 120
-    while time.time() < end:
-        if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"node {node_id} still alive two minutes after its raylet was killed")
-
-
-def truncate_checkpoint(checkpoint: tune.Checkpoint) -> str:
-    """Cut a checkpoint's ``checkpoint.pt`` in storage to half its size; returns its path."""
-    from wrf4cir.checkpoint import FILENAME
-
-    fs, path = checkpoint.filesystem, f"{checkpoint.path.rstrip('/')}/{FILENAME}"
-    with fs.open_input_file(path) as fh:
-        data = fh.read()
-    with fs.open_output_stream(path) as fh:
-        fh.write(data[: len(data) // 2])
-    return path
-
-
-def protected_nodes() -> set[str]:
-    """Nodes the drill must never kill: the head node and the node of this driver."""
-    import ray
-
-    heads = {n["NodeID"] for n in ray.nodes()
-             if "node:__internal_head__" in n.get("Resources", {})}
-    return heads | {ray.get_runtime_context().get_node_id()}
-
-
-class FaultInjector(tune.Callback):
-    """Injects a fault into one trial from the driver.
-
-    Kinds: ``"process"`` kills the trial's process, ``"node"`` its node, ``"checkpoint"``
-    truncates the trial's latest checkpoint in storage (a write cut off) and then kills
-    its process, so that the restart finds it broken.
-
-    The victim is the first trial that reports epoch ``at_epoch`` on a node not in
-    ``protect``. Each new attempt of the victim (a new pid) is struck until ``times``
-    faults were injected. ``injected`` lists what was done, for the checks.
-    """
-
-    def __init__(self, kind: str, at_epoch: int = AT_EPOCH, times: int = 1,
-                 protect: Sequence[str] = (), injected: list[dict[str, Any]] | None = None,
-                 victim: str | None = None) -> None:
-        if kind not in ("process", "node", "checkpoint"):
-            raise ValueError(f"unknown fault kind {kind!r}")
-        self.kind, self.at_epoch, self.times = kind, at_epoch, times
-        self.protect = list(protect)
-        self.injected = list(injected or [])
-        self.victim = victim
-        self._pending: dict[str, Any] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # pickled into Tune's experiment state: plain data only
-        return {"kind": self.kind, "at_epoch": self.at_epoch, "times": self.times,
-                "protect": self.protect, "injected": self.injected, "victim": self.victim}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
-
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
-                        result: dict[str, Any], **info: Any) -> None:
-        if (len(self.injected) >= self.times or self._pending
-                or self.victim not in (None, trial.trial_id)):
-            return
-        epoch, node, pid = result.get("epoch"), result.get("node_id"), result.get("pid")
-        if epoch is None or epoch < self.at_epoch or not node or node in self.protect:
-            return
-        if any(f["pid"] == pid for f in self.injected):
-            return  # this attempt was already struck; wait for its restart
-        with_checkpoint = bool(result.get("checkpoint_dir_name"))
-        if self.kind == "checkpoint" and not with_checkpoint:
-            return
-        self.victim = trial.trial_id
-        # Tune registers the checkpoint that came with this result only after the
-        # callbacks ran: strike when it does, so that the restart can use it
-        self._pending = {"trial": trial.trial_id, "epoch": int(epoch), "node": node,
-                         "pid": int(pid), "with_checkpoint": with_checkpoint}
-
-    def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any,
-                      checkpoint: tune.Checkpoint, **info: Any) -> None:
-        if self._pending and self._pending["trial"] == trial.trial_id:
-            self._strike(checkpoint)
-
-    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        if self._pending and not self._pending["with_checkpoint"]:
-            self._strike(None)
-
-    def _strike(self, checkpoint: tune.Checkpoint | None) -> None:
-        fault, self._pending = self._pending, None
-        del fault["with_checkpoint"]
-        if self.kind == "checkpoint":
-            fault["truncated"] = truncate_checkpoint(checkpoint)
-        if self.kind == "node":
-            kill_node(fault["node"])
-        else:
-            kill_process(fault["node"], fault["pid"])
-        self.injected.append({**fault, "time": time.time()})
-        log.warning("fault drill: killed the %s of trial %s after its epoch %d",
-                    {"node": "node", "process": "process", "checkpoint": "latest checkpoint "
-                     "and the process"}[self.kind], fault["trial"], fault["epoch"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,7 +189,8 @@ def check_checkpoint(out: Outcome, injector: FaultInjector) -> None:
               0 < resumed < fault["epoch"])
     row = trials[trials["trial_id"].str.endswith("/" + fault["trial"])]
     notes = str(row["notes"].iloc[0]) if len(row) else ""
-    out.check("and says so in its notes", "unreadable checkpoint" in notes)
+    out.check("and says so in its notes", "unreadable: checkpoint_" in notes
+              and "resumed from the older" in notes)
 
 
 def check_driver(out: Outcome, n_trials: int) -> None:
@@ -387,7 +232,9 @@ def _in_process(name: str, root: Path, address: str, ship_code: bool, max_failur
 
 def scenario_node(root: Path, address: str, ship_code: bool) -> Outcome:
     out = Outcome("node")
-    injector = FaultInjector("node", protect=sorted(protected_nodes()))
+    from study.faults import FaultInjector, protected_nodes
+
+    injector = FaultInjector("node", AT_EPOCH, protect=sorted(protected_nodes()))
     out.study_dir = _in_process("drill-node", root, address, ship_code, 2, injector)
     check_node(out, injector)
     return out
@@ -397,7 +244,9 @@ def scenario_trial(root: Path, address: str, ship_code: bool) -> Outcome:
     max_failures = 1
     out = Outcome("trial")
     # killing a trial's process harms nothing else, on the head node too
-    injector = FaultInjector("process", times=max_failures + 1)
+    from study.faults import FaultInjector
+
+    injector = FaultInjector("process", AT_EPOCH, times=max_failures + 1)
     out.study_dir = _in_process("drill-trial", root, address, ship_code, max_failures,
                                 injector)
     check_trial(out, injector, max_failures)
@@ -406,7 +255,9 @@ def scenario_trial(root: Path, address: str, ship_code: bool) -> Outcome:
 
 def scenario_checkpoint(root: Path, address: str, ship_code: bool) -> Outcome:
     out = Outcome("checkpoint")
-    injector = FaultInjector("checkpoint")
+    from study.faults import FaultInjector
+
+    injector = FaultInjector("checkpoint", AT_EPOCH)
     out.study_dir = _in_process("drill-checkpoint", root, address, ship_code, 2, injector)
     check_checkpoint(out, injector)
     return out
@@ -454,6 +305,10 @@ def scenario_driver(root: Path, address: str, ship_code: bool, timeout: float = 
     if not out.check("the driver was killed with a trial midway", killed):
         out.error = f"the driver ended by itself (see {log_path})"
         return out
+    from study.status import study_status
+
+    out.check("`wrf4cir-study status` reads the crashed study as interrupted",
+              "state: interrupted" in study_status(out.study_dir))
     resumed = subprocess.run([*cmd, "resume", str(out.study_dir), *flags], env=env,
                              capture_output=True, text=True, timeout=timeout)
     if not out.check("`wrf4cir-study resume` succeeded", resumed.returncode == 0):

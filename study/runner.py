@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -125,6 +127,70 @@ def check_resources(study: Study, address: str | None) -> None:
                         "GPUs (pass --address to use a cluster)")
 
 
+MIN_FREE_GB = 1.0  # default room a study must have to start, and to keep going
+# the current driver's --min-free-gb, read by storage guards that Tune restores from a run
+MIN_FREE_ENV = "WRF4CIR_MIN_FREE_GB"
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system holding ``path`` (or its nearest existing parent)."""
+    return shutil.disk_usage(_existing(path)).free
+
+
+def _existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_storage(study_dir: Path, ray_storage: str, min_free_gb: float) -> None:
+    """Refuse to start where the study cannot write, or with less than ``min_free_gb`` free.
+
+    Runs before anything is created or written: a write probe (a temporary file in the
+    study folder, or in its nearest existing parent) and a free-space check; for a URI
+    storage, a probe object written and deleted through Ray's file system layer.
+    """
+    if min_free_gb < 0:
+        raise SpecError(f"--min-free-gb: expected >= 0, got {min_free_gb:g}")
+    target = _existing(study_dir)
+    if not target.is_dir():
+        raise StudyError(f"{study_dir}: cannot create the study folder there ({target} is a "
+                         "file, not a folder)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".wrf4cir-write-probe-", dir=target)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise StudyError(f"{study_dir}: cannot write there ({exc.strerror or exc}); choose "
+                         "another --storage or fix its permissions") from None
+    free = free_bytes(target)
+    if free < min_free_gb * 2**30:
+        raise StudyError(f"{study_dir}: only {free / 2**30:.2f} GiB free there, below the "
+                         f"{min_free_gb:g} GiB a study needs to keep going (checkpoints, "
+                         "ledger); free some space or lower --min-free-gb")
+    if "://" in ray_storage:
+        _probe_uri(ray_storage)
+
+
+def _probe_uri(uri: str) -> None:
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        fs.create_dir(path, recursive=True)
+        probe = f"{path.rstrip('/')}/.wrf4cir-write-probe"
+        with fs.open_output_stream(probe) as fh:
+            fh.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"--storage {uri}: cannot write there ({exc})") from None
+
+
 def prewarm(study: Study) -> None:
     """Generate synthetic data and pre-train synthetic backbones once, on the driver.
 
@@ -209,7 +275,7 @@ def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, A
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from study.callbacks import LedgerCallback, ProgressCallback
+    from study.callbacks import LedgerCallback, ProgressCallback, StorageGuard
     from study.search import CellSearcher, storage_url
     from study.trainable import CELL, PARAMS, REPEAT
 
@@ -241,6 +307,7 @@ def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, A
             reduction_factor=spec.scheduler.reduction_factor)
     planned = num_samples if spec.search else len(study.cells) * run["repeats"]
     callbacks = [LedgerCallback(str(study_dir), run["id"], meta["spec"]),
+                 StorageGuard(str(study_dir), float(os.environ.get(MIN_FREE_ENV, MIN_FREE_GB))),
                  ProgressCallback(f"{study.name} {run['id']}", objective.metric,
                                   objective.mode, planned), *extra_callbacks]
     return tune.Tuner(
@@ -337,8 +404,9 @@ def _now() -> str:
 
 def run_study(study: Study, storage: str | Path = "results", name: str | None = None,
               address: str | None = None, ship_code: bool = True, verbose: int = 0,
-              callbacks: Sequence[Any] = ()) -> Path:
-    """Launch a new study; returns its folder. Refuses an existing study folder.
+              callbacks: Sequence[Any] = (), min_free_gb: float = MIN_FREE_GB) -> Path:
+    """Launch a new study; returns its folder. Refuses an existing study folder, and
+    storage it cannot write or that has less than ``min_free_gb`` GiB free.
 
     ``callbacks`` are extra Tune callbacks for this driver (the fault drill's injector);
     they must pickle, since Tune saves them with its experiment state.
@@ -356,6 +424,8 @@ def run_study(study: Study, storage: str | Path = "results", name: str | None = 
                                                      by_alias=True))
     spec_data["name"] = name
     ray_storage = f"{storage_str.rstrip('/')}/{name}" if is_uri else str(study_dir / "tune")
+    check_storage(study_dir, ray_storage, min_free_gb)
+    _set_min_free(min_free_gb)
     study_dir.mkdir(parents=True, exist_ok=True)
     with driver_lock(study_dir):
         meta = {
@@ -377,6 +447,10 @@ def run_study(study: Study, storage: str | Path = "results", name: str | None = 
     return study_dir
 
 
+def _set_min_free(min_free_gb: float) -> None:
+    os.environ[MIN_FREE_ENV] = repr(float(min_free_gb))
+
+
 def _new_run(study: Study, index: int, samples: int | None, repeat_offset: int
              ) -> dict[str, Any]:
     run: dict[str, Any] = {"id": f"run-{index:03d}", "started": _now(), "status": "created"}
@@ -389,12 +463,14 @@ def _new_run(study: Study, index: int, samples: int | None, repeat_offset: int
 
 
 def resume_study(study_dir: str | Path, address: str | None = None, ship_code: bool = True,
-                 verbose: int = 0) -> Path:
+                 verbose: int = 0, min_free_gb: float = MIN_FREE_GB) -> Path:
     """Continue a study: unfinished trials from their checkpoints, errored ones retried."""
     from ray import tune
 
     study_dir = Path(study_dir).expanduser().resolve()
     study, meta = load_study(study_dir)
+    check_storage(study_dir, meta["ray_storage"], min_free_gb)
+    _set_min_free(min_free_gb)
     with driver_lock(study_dir):
         # a diverged trial is errored for us but finished for Tune: re-running it would
         # diverge again, so only Tune's own errors and unfinished trials need a resume
@@ -422,7 +498,8 @@ def resume_study(study_dir: str | Path, address: str | None = None, ship_code: b
 
 
 def extend_study(study_dir: str | Path, samples: int, address: str | None = None,
-                 ship_code: bool = True, verbose: int = 0) -> Path:
+                 ship_code: bool = True, verbose: int = 0,
+                 min_free_gb: float = MIN_FREE_GB) -> Path:
     """Add trials: ``samples`` more Optuna trials per cell (searches) or more seeds (grids).
 
     Tune cannot grow a finished experiment, so this starts a new run in the same study;
@@ -432,6 +509,8 @@ def extend_study(study_dir: str | Path, samples: int, address: str | None = None
         raise SpecError(f"--samples: expected >= 1, got {samples}")
     study_dir = Path(study_dir).expanduser().resolve()
     study, meta = load_study(study_dir)
+    check_storage(study_dir, meta["ray_storage"], min_free_gb)
+    _set_min_free(min_free_gb)
     with driver_lock(study_dir):
         unfinished = [r["id"] for r in meta["runs"] if r["status"] != "finished"]
         if unfinished:

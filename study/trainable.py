@@ -62,18 +62,18 @@ def restore(checkpoint: tune.Checkpoint, dest: Path) -> tuple[Path | None, str |
             candidate.to_directory(str(local))
             load_checkpoint(local)  # weights_only: a checkpoint cannot run code
         except (CheckpointError, OSError) as exc:
-            broken.append(f"{name} ({exc})" if not isinstance(exc, CheckpointError)
-                          else f"{name} ({str(exc).split(': ', 1)[-1]})")
+            reason = str(exc).split(": ", 1)[-1].removeprefix("unreadable checkpoint ")
+            broken.append(f"{name} {reason}")
             shutil.rmtree(local, ignore_errors=True)
             log.warning("checkpoint %s of this trial is unreadable: %s", candidate.path, exc)
             continue
         if not broken:
             return local, None
-        note = (f"unreadable checkpoint {'; '.join(broken)}: resumed from the older {name} "
+        note = (f"unreadable: {'; '.join(broken)}; resumed from the older {name} "
                 f"(epoch {checkpoint_epoch(local)})")
         log.warning(note)
         return local, note
-    note = (f"no readable checkpoint ({'; '.join(broken)}): restarted from epoch 0")
+    note = f"unreadable: {'; '.join(broken)}; no readable checkpoint left, restarted from epoch 0"
     log.warning(note)
     return None, note
 

@@ -92,6 +92,17 @@ def test_unreadable_spec_files(tmp_path, capsys, text, needle):
     assert needle in err and str(path) in err
 
 
+def test_fault_drill_refuses_unknown_scenarios_before_starting_anything(tmp_path, capsys):
+    import ray
+
+    storage = tmp_path / "drills"
+    assert main(["fault-drill", "--scenarios", "node,meteor", "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("wrf4cir-study: error: --scenarios: unknown scenario 'meteor' (choose "
+                   "from node, driver, trial, checkpoint)")
+    assert not storage.exists() and not ray.is_initialized()
+
+
 def test_missing_spec_and_study_folders(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     for verb in ("resume", "status", "export"):
