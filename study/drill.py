@@ -231,11 +231,26 @@ def _in_process(name: str, root: Path, address: str, ship_code: bool, max_failur
 
 
 def scenario_node(root: Path, address: str, ship_code: bool) -> Outcome:
-    out = Outcome("node")
+    import ray
+
     from study.faults import FaultInjector, protected_nodes
 
-    injector = FaultInjector("node", AT_EPOCH, protect=sorted(protected_nodes()))
+    out = Outcome("node")
+    protect = protected_nodes()
+    cpus = {n["NodeID"]: n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes()
+            if n["Alive"]}
+    victims = [node for node, cpu in cpus.items() if node not in protect and cpu >= 1]
+    spare = [node for node, cpu in cpus.items() if cpu >= 1]
+    if not victims or len(spare) < 2:
+        out.error = ("needs a worker node with a CPU that may be killed (not the head's, not "
+                     "the driver's) and another node with a CPU to take over its trials; "
+                     f"this cluster has {len(victims)} and {len(spare) - len(victims)}")
+        return out
+    injector = FaultInjector("node", AT_EPOCH, protect=sorted(protect))
     out.study_dir = _in_process("drill-node", root, address, ship_code, 2, injector)
+    if not injector.injected:
+        out.error = (f"no drill trial reached epoch {AT_EPOCH} on a worker node that may be "
+                     "killed (Ray placed them on the head or the driver's node)")
     check_node(out, injector)
     return out
 
@@ -341,8 +356,9 @@ def local_cluster(workers: int = 2) -> Iterator[str]:
 
 def run_drill(address: str | None = None, storage: str | Path = "results/fault-drill",
               scenarios: Sequence[str] = SCENARIOS, ship_code: bool = True,
-              report: Callable[[str], None] = print) -> list[Outcome]:
-    """Run the scenarios (on a cluster of this machine's when ``address`` is None).
+              report: Callable[[str], None] = print, workers: int = 2) -> list[Outcome]:
+    """Run the scenarios (on a cluster of this machine's, with ``workers`` one-CPU worker
+    nodes, when ``address`` is None).
 
     Each scenario is a new study in ``<storage>/<UTC time>/``; ``report`` gets each
     outcome's lines as soon as it is known.
@@ -356,7 +372,7 @@ def run_drill(address: str | None = None, storage: str | Path = "results/fault-d
     root = Path(storage).expanduser().resolve() / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     root.mkdir(parents=True, exist_ok=False)
     if address is None:
-        with local_cluster() as local:
+        with local_cluster(workers) as local:
             return _drill(local, root, scenarios, ship_code=False, report=report)
     return _drill(address, root, scenarios, ship_code, report)
 

@@ -86,3 +86,10 @@ def test_the_node_checks_catch_a_lost_epoch(drill, tmp_path):
     assert not out.passed
     failed = [what for what, ok in out.checks if not ok]
     assert failed == [f"completed trials have epochs 1..{EPOCHS}, no gap"]
+
+
+def test_the_node_drill_says_what_a_cluster_lacks(tmp_path):
+    """With one worker node, no node could take over a dead one's trials: say so, run nothing."""
+    (out,) = run_drill(None, tmp_path, ["node"], report=lambda line: None, workers=1)
+    assert not out.passed and out.study_dir is None
+    assert "another node with a CPU to take over its trials" in out.error
