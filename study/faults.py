@@ -22,6 +22,7 @@ from ray import tune
 
 log = logging.getLogger(__name__)
 
+
 def _pinned(node_id: str):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -170,5 +171,5 @@ class FaultInjector(tune.Callback):
             kill_process(fault["node"], fault["pid"])
         self.injected.append({**fault, "time": time.time()})
         log.warning("fault drill: killed the %s of trial %s after its epoch %d",
-                    {"node": "node", "process": "process", "checkpoint": "latest checkpoint "
-                     "and the process"}[self.kind], fault["trial"], fault["epoch"])
+                    {"node": "node", "process": "process", "checkpoint": "process (its latest "
+                     "checkpoint truncated)"}[self.kind], fault["trial"], fault["epoch"])
