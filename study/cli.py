@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="break a Ray cluster on purpose (a node, the driver, a trial's "
                              "process, a checkpoint) and check that no result is lost")
     fd.add_argument("--storage", default="results/fault-drill",
-                    help="where the drill's studies go (on a cluster: storage every node "
-                         "reaches); default: results/fault-drill/")
+                    help="folder for the drill's studies (on a cluster: one every node "
+                         "mounts); default: results/fault-drill/")
     fd.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)")
     cluster(fd)
@@ -180,10 +180,18 @@ def _fault_drill(args: argparse.Namespace) -> int:
     if bad:
         raise SpecError(f"--scenarios: unknown scenario {bad[0]!r} (choose from "
                         f"{', '.join(SCENARIOS)})")
+    if "://" in args.storage:
+        raise SpecError(f"--storage {args.storage}: the drill needs a folder (on a cluster, "
+                        "one every node mounts), not a URI")
     from study.drill import run_drill
+    from study.runner import check_storage
 
+    check_storage(Path(args.storage).expanduser().resolve(), args.storage, MIN_FREE_GB)
     where = args.address or "a local cluster (head + 2 worker nodes)"
     print(f"fault drill on {where}: {', '.join(scenarios)}", flush=True)
+    if args.address:
+        print(f"(every node must reach {args.storage}: trials write their checkpoints there)",
+              flush=True)
     outcomes = run_drill(args.address, args.storage, scenarios, ship_code=args.ship_code,
                          report=lambda line: print(line, flush=True))
     failed = [o.scenario for o in outcomes if not o.passed]
