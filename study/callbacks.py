@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 from ray import tune
 
 from study.ledger import Ledger
-from study.runner import MIN_FREE_ENV, free_bytes
+from study.runner import free_bytes
 from study.spec import parse_spec
 from study.trainable import CELL, PARAMS, REPEAT
 
@@ -143,6 +143,13 @@ class LedgerCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         self._register(trial)
+        if result.get("note"):  # e.g. it resumed from an older checkpoint than Tune's
+            self.ledger.add_note(self.key(trial), str(result["note"]))
+        if result.get("iterations_since_restore") == 1:
+            # a new attempt: epochs an abandoned attempt reported past the checkpoint this
+            # one continues from are not part of the trial's history any more
+            self.ledger.forget_epochs_after(self.key(trial),
+                                            int(result.get("trial/resumed_from") or 0))
         if result.get("diverged"):
             return  # the trial ends with this report; on_trial_complete records why
         epoch = result.get("epoch")
@@ -151,8 +158,6 @@ class LedgerCallback(tune.Callback):
         metrics = {k: v for k, v in result.items()
                    if k.startswith(METRIC_PREFIXES) or k in ("epoch", "step", "lr",
                                                               "logit_scale")}
-        if result.get("note"):  # e.g. it resumed from an older checkpoint than Tune's
-            self.ledger.add_note(self.key(trial), str(result["note"]))
         self.ledger.record_epoch(self.key(trial), int(epoch), metrics)
         self.ledger.upsert_trial(self.key(trial), epochs_done=int(epoch),
                                  node=result.get("hostname") or result.get("node_ip"),
@@ -202,13 +207,18 @@ class LedgerCallback(tune.Callback):
 
 
 class StorageGuard(tune.Callback):
-    """Stops the study, like Ctrl-C, when its folder's disk runs low: nothing half-written.
+    """Stops the study, like Ctrl-C, when its folder's disk runs low.
 
-    Every ``every_s`` seconds it checks the free space under ``study_dir``; below
-    ``min_free_gb`` it logs why and interrupts the driver, which saves Tune's state and
-    leaves the unfinished trials to ``wrf4cir-study resume`` once there is room again
-    (each continues from its last checkpoint). ``min_free_gb`` 0 turns it off.
+    Every ``every_s`` seconds it checks the free space under ``study_dir`` (the driver's
+    disk: ledger, Optuna database and, for local storage, the checkpoints; workers' own
+    disks are not watched). Below ``min_free_gb`` it logs why and interrupts the driver
+    the way Tune's SIGUSR1 does (save the experiment state, then stop), which leaves the
+    unfinished trials to ``wrf4cir-study resume`` once there is room again; each continues
+    from its last checkpoint. ``min_free_gb`` 0 turns it off.
     """
+
+    # set by `resume` before Tune unpickles a saved run's guard: the resuming driver's limit
+    restored_min_free_gb: float | None = None
 
     def __init__(self, study_dir: str, min_free_gb: float, every_s: float = 5.0) -> None:
         self.study_dir, self.min_free_gb, self.every_s = study_dir, min_free_gb, every_s
@@ -216,12 +226,13 @@ class StorageGuard(tune.Callback):
         self.tripped = False
 
     def __getstate__(self) -> dict[str, Any]:
+        # saved with the Tuner (tuner.pkl), which `resume` loads: plain data only
         return {"study_dir": self.study_dir, "min_free_gb": self.min_free_gb,
                 "every_s": self.every_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # restored by `resume`: the threshold is the resuming driver's --min-free-gb
-        state["min_free_gb"] = float(os.environ.get(MIN_FREE_ENV, state["min_free_gb"]))
+        if StorageGuard.restored_min_free_gb is not None:
+            state = {**state, "min_free_gb": StorageGuard.restored_min_free_gb}
         self.__init__(**state)
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
@@ -236,7 +247,15 @@ class StorageGuard(tune.Callback):
         log.error("%s: only %.2f GiB free, below --min-free-gb %g: stopping the study before "
                   "a write fails. Free some space, then `wrf4cir-study resume %s`",
                   self.study_dir, free / 2**30, self.min_free_gb, self.study_dir)
-        signal.raise_signal(signal.SIGINT)  # Tune's own Ctrl-C handling: save, then stop
+        # Tune installs a SIGUSR1 handler (save, then stop) on the driver's main thread;
+        # without it SIGUSR1 would kill the driver outright, so never send it blind
+        usr1 = getattr(signal, "SIGUSR1", None)
+        if (usr1 is not None and threading.current_thread() is threading.main_thread()
+                and callable(signal.getsignal(usr1))):
+            signal.raise_signal(usr1)
+        else:
+            log.error("cannot interrupt this driver from here (not Tune's main thread): "
+                      "stop it yourself before the disk fills")
 
 
 def drop_checkpoints(trial: Any) -> None:

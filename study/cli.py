@@ -12,8 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from study.drill import SCENARIOS
-from study.runner import MIN_FREE_GB
+from study.defaults import MIN_FREE_GB, SCENARIOS, scenario_error
 
 log = logging.getLogger("study")
 
@@ -31,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
                             "0: no check)")
 
     def cluster(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--address", help="join a Ray cluster ('auto', 'ray://host:10001'); "
+        q.add_argument("--address", help="join a Ray cluster from one of its nodes ('auto', "
+                                         "'HEAD_IP:6379'; not Ray Client's ray://); "
                                          "default: start a local Ray instance")
         q.add_argument("--no-ship-code", dest="ship_code", action="store_false",
                        help="on a cluster, do not ship wrf4cir/study to the workers "
@@ -93,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from study.spec import SpecError
 
     try:
+        if (getattr(args, "address", None) or "").startswith("ray://"):
+            # Ray Client runs Tune's driver loop, and with it the ledger writer and the
+            # fault injector, on the head node, away from this study folder
+            raise SpecError(f"--address {args.address}: Ray Client addresses are not "
+                            "supported; run wrf4cir-study on a node of the cluster with "
+                            "--address auto (or HEAD_IP:6379)")
         return _COMMANDS[args.command](args)
     except (SpecError, StudyError) as exc:
         print(f"wrf4cir-study: error: {exc}", file=sys.stderr)
@@ -176,10 +182,8 @@ def _fault_drill(args: argparse.Namespace) -> int:
     from study.spec import SpecError
 
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    bad = [s for s in scenarios if s not in SCENARIOS] or ([] if scenarios else [""])
-    if bad:
-        raise SpecError(f"--scenarios: unknown scenario {bad[0]!r} (choose from "
-                        f"{', '.join(SCENARIOS)})")
+    if error := scenario_error(scenarios):
+        raise SpecError(error)
     if "://" in args.storage:
         raise SpecError(f"--storage {args.storage}: the drill needs a folder (on a cluster, "
                         "one every node mounts), not a URI")

@@ -42,15 +42,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import yaml
+from study.defaults import SCENARIOS, scenario_error
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from study.faults import FaultInjector
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("node", "driver", "trial", "checkpoint")
 EPOCHS = 4  # per drill trial: long enough to kill one midway, short enough for minutes
 AT_EPOCH = 2  # a fault strikes once the victim has reported this epoch
 
@@ -113,6 +113,8 @@ class Outcome:
 
 
 def _tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import pandas as pd
+
     from study.export import export_study
 
     export_study(study_dir)
@@ -122,7 +124,7 @@ def _tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _check_epochs(out: Outcome, trials: pd.DataFrame, epochs: pd.DataFrame,
                   complete: pd.Series) -> None:
-    out.check("each (trial, epoch) recorded exactly once",
+    out.check("the export has one row per (trial, epoch)",
               not epochs.duplicated(["trial_id", "epoch"]).any())
     done = trials[complete]
     ok = all(sorted(epochs.loc[epochs["trial_id"] == t, "epoch"]) == list(range(1, EPOCHS + 1))
@@ -201,8 +203,10 @@ def check_driver(out: Outcome, n_trials: int) -> None:
               len(trials) == n_trials and trials["trial_id"].is_unique)
     out.check("every trial completed", (trials["status"] == "completed").all())
     _check_epochs(out, trials, epochs, trials["status"] == "completed")
-    out.check("an interrupted trial continued from its checkpoint",
-              (epochs["trial/resumed_from"] > 0).any())
+    restarted = epochs[epochs["trial/resumed_from"] > 0]
+    out.check("an interrupted trial continued from its checkpoint, not from epoch 0",
+              len(restarted) > 0
+              and (restarted["epoch"] > restarted["trial/resumed_from"]).all())
     storage = f"sqlite:///{out.study_dir}/optuna.db"
     (summary,) = optuna.get_all_study_summaries(storage)
     history = optuna.load_study(study_name=summary.study_name, storage=storage).trials
@@ -214,6 +218,8 @@ def check_driver(out: Outcome, n_trials: int) -> None:
                for ray_id, row in zip(trials["trial_id"].str.split("/").str[1],
                                       trials.to_dict("records"), strict=True))
     out.check("Optuna's values are the values the trials reported", same)
+    out.check("the export says so (optuna_state COMPLETE)",
+              (trials["optuna_state"] == "COMPLETE").all())
     out.check("Optuna: no entry left running", all(t.state.name != "RUNNING" for t in history))
 
 
@@ -221,13 +227,17 @@ def check_driver(out: Outcome, n_trials: int) -> None:
 # scenarios
 
 
-def _in_process(name: str, root: Path, address: str, ship_code: bool, max_failures: int,
-                injector: FaultInjector) -> Path:
+def _in_process(out: Outcome, root: Path, address: str, ship_code: bool, max_failures: int,
+                injector: FaultInjector) -> None:
+    """Run the scenario's study in this driver with ``injector``; note what failed to inject."""
     from study.runner import run_study
     from study.spec import parse_spec
 
-    return run_study(parse_spec(drill_spec(name, max_failures), check_local=False),
-                     storage=root, address=address, ship_code=ship_code, callbacks=[injector])
+    spec = drill_spec(f"drill-{out.scenario}", max_failures)
+    out.study_dir = run_study(parse_spec(spec, check_local=False), storage=root,
+                              address=address, ship_code=ship_code, callbacks=[injector])
+    if injector.errors:
+        out.error = "; ".join(injector.errors)
 
 
 def scenario_node(root: Path, address: str, ship_code: bool) -> Outcome:
@@ -247,8 +257,8 @@ def scenario_node(root: Path, address: str, ship_code: bool) -> Outcome:
                      f"this cluster has {len(victims)} and {len(spare) - len(victims)}")
         return out
     injector = FaultInjector("node", AT_EPOCH, protect=sorted(protect))
-    out.study_dir = _in_process("drill-node", root, address, ship_code, 2, injector)
-    if not injector.injected:
+    _in_process(out, root, address, ship_code, 2, injector)
+    if not injector.injected and not injector.errors:
         out.error = (f"no drill trial reached epoch {AT_EPOCH} on a worker node that may be "
                      "killed (Ray placed them on the head or the driver's node)")
     check_node(out, injector)
@@ -262,8 +272,7 @@ def scenario_trial(root: Path, address: str, ship_code: bool) -> Outcome:
     from study.faults import FaultInjector
 
     injector = FaultInjector("process", AT_EPOCH, times=max_failures + 1)
-    out.study_dir = _in_process("drill-trial", root, address, ship_code, max_failures,
-                                injector)
+    _in_process(out, root, address, ship_code, max_failures, injector)
     check_trial(out, injector, max_failures)
     return out
 
@@ -273,7 +282,7 @@ def scenario_checkpoint(root: Path, address: str, ship_code: bool) -> Outcome:
     from study.faults import FaultInjector
 
     injector = FaultInjector("checkpoint", AT_EPOCH)
-    out.study_dir = _in_process("drill-checkpoint", root, address, ship_code, 2, injector)
+    _in_process(out, root, address, ship_code, 2, injector)
     check_checkpoint(out, injector)
     return out
 
@@ -294,31 +303,49 @@ def _midway(ledger_path: Path) -> bool:
     return any(AT_EPOCH <= last.get(k, 0) < EPOCHS for k in running)
 
 
-def scenario_driver(root: Path, address: str, ship_code: bool, timeout: float = 300) -> Outcome:
+def _state_saved_after(run_dir: Path, since: float) -> bool:
+    return any(p.stat().st_mtime > since for p in run_dir.glob("experiment_state-*.json"))
+
+
+def scenario_driver(root: Path, address: str | None, ship_code: bool,
+                    timeout: float = 300) -> Outcome:
+    """SIGKILL a `wrf4cir-study run` driver midway, then `resume` (``address`` None: the
+    drivers start their own local Ray instance)."""
     out = Outcome("driver")
     name = "drill-driver"
     out.study_dir = root / name
+    import yaml
+
     spec_path = root / f"{name}.yaml"
     spec_path.write_text(yaml.safe_dump(drill_spec(name, 2, search=True), sort_keys=False))
     cmd = [sys.executable, "-m", "study.cli"]
-    flags = ["--address", address] + ([] if ship_code else ["--no-ship-code"])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    flags = (["--address", address] if address else []) + ([] if ship_code
+                                                           else ["--no-ship-code"])
+    # Tune saves its experiment state (what resume restores) at most this often
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     log_path = root / f"{name}.driver.log"
+    midway = saved = False
     with open(log_path, "wb") as log_file:
         driver = subprocess.Popen([*cmd, "run", str(spec_path), "--storage", str(root),
                                    *flags], env=env, stdout=log_file, stderr=log_file)
         try:
             end = time.time() + timeout
-            while time.time() < end and driver.poll() is None:
-                if _midway(out.study_dir / "ledger.sqlite"):
-                    break
+            while time.time() < end and driver.poll() is None and not midway:
+                midway = _midway(out.study_dir / "ledger.sqlite")
                 time.sleep(0.3)
+            # kill it once Tune's saved state knows the checkpoints behind that progress
+            seen = time.time()
+            while midway and time.time() < seen + 30 and driver.poll() is None and not saved:
+                saved = _state_saved_after(out.study_dir / "tune" / "run-000", seen)
+                time.sleep(0.2)
         finally:
-            killed = driver.poll() is None
+            alive = driver.poll() is None
             driver.send_signal(signal.SIGKILL)
             driver.wait()
-    if not out.check("the driver was killed with a trial midway", killed):
-        out.error = f"the driver ended by itself (see {log_path})"
+    if not out.check("the driver was killed with a trial midway", midway and saved and alive):
+        out.error = (f"no trial got midway in {timeout:.0f}s" if not midway else
+                     f"the driver ended by itself (see {log_path})" if not alive else
+                     "Tune did not save its state within 30 s")
         return out
     from study.status import study_status
 
@@ -363,12 +390,8 @@ def run_drill(address: str | None = None, storage: str | Path = "results/fault-d
     Each scenario is a new study in ``<storage>/<UTC time>/``; ``report`` gets each
     outcome's lines as soon as it is known.
     """
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        from study.spec import SpecError
-
-        raise SpecError(f"--scenarios: unknown scenario {unknown[0]!r} "
-                        f"(choose from {', '.join(SCENARIOS)})")
+    if error := scenario_error(scenarios):
+        raise ValueError(error)
     root = Path(storage).expanduser().resolve() / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     root.mkdir(parents=True, exist_ok=False)
     if address is None:

@@ -114,61 +114,67 @@ class FaultInjector(tune.Callback):
     """
 
     def __init__(self, kind: str, at_epoch: int, times: int = 1,
-                 protect: Sequence[str] = (), injected: list[dict[str, Any]] | None = None,
-                 victim: str | None = None) -> None:
+                 protect: Sequence[str] = ()) -> None:
         if kind not in ("process", "node", "checkpoint"):
             raise ValueError(f"unknown fault kind {kind!r}")
         self.kind, self.at_epoch, self.times = kind, at_epoch, times
         self.protect = list(protect)
-        self.injected = list(injected or [])
-        self.victim = victim
+        self.injected: list[dict[str, Any]] = []
+        self.errors: list[str] = []  # faults that could not be injected, and why
+        self.victim: str | None = None
         self._pending: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # pickled into Tune's experiment state: plain data only
-        return {"kind": self.kind, "at_epoch": self.at_epoch, "times": self.times,
-                "protect": self.protect, "injected": self.injected, "victim": self.victim}
+        # saved with the Tuner (tuner.pkl), which `resume` loads: plain data only
+        return {"kind": self.kind, "at_epoch": self.at_epoch, "protect": self.protect}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        # a resumed drill study must not strike again, least of all a cluster's node
+        self.__init__(**state, times=0)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
-        if (len(self.injected) >= self.times or self._pending
+        if (len(self.injected) + len(self.errors) >= self.times or self._pending
                 or self.victim not in (None, trial.trial_id)):
             return
         epoch, node, pid = result.get("epoch"), result.get("node_id"), result.get("pid")
         if epoch is None or epoch < self.at_epoch or not node or node in self.protect:
             return
-        if any(f["pid"] == pid for f in self.injected):
+        if any((f["node"], f["pid"]) == (node, pid) for f in self.injected):
             return  # this attempt was already struck; wait for its restart
         with_checkpoint = bool(result.get("checkpoint_dir_name"))
         if self.kind == "checkpoint" and not with_checkpoint:
             return
         self.victim = trial.trial_id
-        # Tune registers the checkpoint that came with this result only after the
-        # callbacks ran: strike when it does, so that the restart can use it
         self._pending = {"trial": trial.trial_id, "epoch": int(epoch), "node": node,
-                         "pid": int(pid), "with_checkpoint": with_checkpoint}
+                         "pid": int(pid), "ready": not with_checkpoint}
 
     def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any,
                       checkpoint: tune.Checkpoint, **info: Any) -> None:
+        # Tune registers the checkpoint that came with the victim's result right after
+        # this call (and skips that if a callback raises): strike at the end of the step,
+        # so that the restart can use it
         if self._pending and self._pending["trial"] == trial.trial_id:
-            self._strike(checkpoint)
+            self._pending.update(ready=True, checkpoint=checkpoint)
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        if self._pending and not self._pending["with_checkpoint"]:
-            self._strike(None)
-
-    def _strike(self, checkpoint: tune.Checkpoint | None) -> None:
+        if not (self._pending and self._pending["ready"]):
+            return
         fault, self._pending = self._pending, None
-        del fault["with_checkpoint"]
-        if self.kind == "checkpoint":
-            fault["truncated"] = truncate_checkpoint(checkpoint)
-        if self.kind == "node":
-            kill_node(fault["node"])
-        else:
-            kill_process(fault["node"], fault["pid"])
+        checkpoint = fault.pop("checkpoint", None)
+        del fault["ready"]
+        try:
+            if self.kind == "checkpoint":
+                fault["truncated"] = truncate_checkpoint(checkpoint)
+            if self.kind == "node":
+                kill_node(fault["node"])
+            else:
+                kill_process(fault["node"], fault["pid"])
+        except Exception as exc:  # noqa: BLE001 - the drill reports it; the study goes on
+            self.errors.append(f"could not kill the {self.kind} of trial {fault['trial']}: "
+                               f"{type(exc).__name__}: {exc}")
+            log.error(self.errors[-1])
+            return
         self.injected.append({**fault, "time": time.time()})
         log.warning("fault drill: killed the %s of trial %s after its epoch %d",
                     {"node": "node", "process": "process", "checkpoint": "process (its latest "

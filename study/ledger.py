@@ -3,7 +3,8 @@
 The driver writes it (through :class:`study.callbacks.LedgerCallback`) as Ray Tune runs;
 ``status`` and ``export`` only read it, so they work on a running, crashed or finished
 study. Epoch rows are keyed by ``(trial_key, epoch)`` and upserted: an epoch re-run after a
-resume replaces its row, so each (trial, epoch) is stored exactly once.
+resume replaces its row, so each (trial, epoch) is stored exactly once; when a restarted
+attempt reports first, the rows past the checkpoint it continues from are dropped.
 
 Tables::
 
@@ -142,6 +143,11 @@ class Ledger:
                         "VALUES (?, ?, ?, ?) ON CONFLICT(trial_key, epoch) DO UPDATE SET "
                         "metrics_json=excluded.metrics_json, reported=excluded.reported",
                         (trial_key, int(epoch), json.dumps(_jsonable(metrics)), time.time()))
+
+    def forget_epochs_after(self, trial_key: str, epoch: int) -> None:
+        """Delete the trial's epochs after ``epoch`` (a restart continues from there)."""
+        with self._connect() as con:
+            con.execute("DELETE FROM epochs WHERE trial_key=? AND epoch>?", (trial_key, epoch))
 
     def forget_trial(self, trial_key: str) -> None:
         """Delete one trial and its epochs (an attempt Tune no longer knows of)."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from study.defaults import MIN_FREE_GB
 from study.ledger import FILENAME as LEDGER_FILE
 from study.ledger import Ledger
 from study.spec import SpecError, Study, parse_spec
@@ -127,9 +128,6 @@ def check_resources(study: Study, address: str | None) -> None:
                         "GPUs (pass --address to use a cluster)")
 
 
-MIN_FREE_GB = 1.0  # default room a study must have to start, and to keep going
-# the current driver's --min-free-gb, read by storage guards that Tune restores from a run
-MIN_FREE_ENV = "WRF4CIR_MIN_FREE_GB"
 
 
 def free_bytes(path: Path) -> int:
@@ -271,7 +269,7 @@ def _trainable(study_dir: Path, meta: dict[str, Any]):
 
 
 def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, Any],
-           verbose: int, extra_callbacks: Sequence[Any] = ()):
+           verbose: int, min_free_gb: float, extra_callbacks: Sequence[Any] = ()):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -300,14 +298,16 @@ def _tuner(study: Study, study_dir: Path, meta: dict[str, Any], run: dict[str, A
         if searched_epochs is not None:  # ASHA must not cut the longest searched trial
             max_t = max(max_t, *(int(v) for v in searched_epochs.values()))
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
+            # not training_iteration: a trial that fell back to an older checkpoint
+            # (or to epoch 0) has Tune's iteration count running ahead of its epochs
+            time_attr="epoch",
             metric=spec.scheduler.metric or objective.metric,
             mode=spec.scheduler.mode or objective.mode,
             max_t=max_t, grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor)
     planned = num_samples if spec.search else len(study.cells) * run["repeats"]
     callbacks = [LedgerCallback(str(study_dir), run["id"], meta["spec"]),
-                 StorageGuard(str(study_dir), float(os.environ.get(MIN_FREE_ENV, MIN_FREE_GB))),
+                 StorageGuard(str(study_dir), min_free_gb),
                  ProgressCallback(f"{study.name} {run['id']}", objective.metric,
                                   objective.mode, planned), *extra_callbacks]
     return tune.Tuner(
@@ -425,7 +425,6 @@ def run_study(study: Study, storage: str | Path = "results", name: str | None = 
     spec_data["name"] = name
     ray_storage = f"{storage_str.rstrip('/')}/{name}" if is_uri else str(study_dir / "tune")
     check_storage(study_dir, ray_storage, min_free_gb)
-    _set_min_free(min_free_gb)
     study_dir.mkdir(parents=True, exist_ok=True)
     with driver_lock(study_dir):
         meta = {
@@ -443,12 +442,9 @@ def run_study(study: Study, storage: str | Path = "results", name: str | None = 
             prewarm(study)
         init_ray(address, ship_code, verbose)
         run = meta["runs"][-1]
-        _fit(_tuner(study, study_dir, meta, run, verbose, callbacks), study_dir, meta, run)
+        _fit(_tuner(study, study_dir, meta, run, verbose, min_free_gb, callbacks), study_dir,
+             meta, run)
     return study_dir
-
-
-def _set_min_free(min_free_gb: float) -> None:
-    os.environ[MIN_FREE_ENV] = repr(float(min_free_gb))
 
 
 def _new_run(study: Study, index: int, samples: int | None, repeat_offset: int
@@ -467,10 +463,11 @@ def resume_study(study_dir: str | Path, address: str | None = None, ship_code: b
     """Continue a study: unfinished trials from their checkpoints, errored ones retried."""
     from ray import tune
 
+    from study.callbacks import StorageGuard
+
     study_dir = Path(study_dir).expanduser().resolve()
     study, meta = load_study(study_dir)
     check_storage(study_dir, meta["ray_storage"], min_free_gb)
-    _set_min_free(min_free_gb)
     with driver_lock(study_dir):
         # a diverged trial is errored for us but finished for Tune: re-running it would
         # diverge again, so only Tune's own errors and unfinished trials need a resume
@@ -489,8 +486,11 @@ def resume_study(study_dir: str | Path, address: str | None = None, ship_code: b
                 # the driver died before Tune saved anything: start the run afresh
                 log.warning("%s has no restorable Tune state; starting it again", run["id"])
                 Ledger(study_dir / LEDGER_FILE).forget_run(run["id"])
-                _fit(_tuner(study, study_dir, meta, run, verbose), study_dir, meta, run)
+                _fit(_tuner(study, study_dir, meta, run, verbose, min_free_gb), study_dir,
+                     meta, run)
                 continue
+            # the restored run brings back its own StorageGuard: give it this limit
+            StorageGuard.restored_min_free_gb = min_free_gb
             tuner = tune.Tuner.restore(path, trainable=_trainable(study_dir, meta),
                                        resume_unfinished=True, resume_errored=True)
             _fit(tuner, study_dir, meta, run)
@@ -510,7 +510,6 @@ def extend_study(study_dir: str | Path, samples: int, address: str | None = None
     study_dir = Path(study_dir).expanduser().resolve()
     study, meta = load_study(study_dir)
     check_storage(study_dir, meta["ray_storage"], min_free_gb)
-    _set_min_free(min_free_gb)
     with driver_lock(study_dir):
         unfinished = [r["id"] for r in meta["runs"] if r["status"] != "finished"]
         if unfinished:
@@ -523,6 +522,6 @@ def extend_study(study_dir: str | Path, samples: int, address: str | None = None
         if address is None:
             prewarm(study)
         init_ray(address, ship_code, verbose)
-        _fit(_tuner(study, study_dir, meta, run, verbose), study_dir, meta, run)
+        _fit(_tuner(study, study_dir, meta, run, verbose, min_free_gb), study_dir, meta, run)
     return study_dir
 

@@ -80,7 +80,7 @@ def test_the_node_checks_catch_a_lost_epoch(drill, tmp_path):
         con.execute("DELETE FROM epochs WHERE trial_key=? AND epoch=?",
                     (victim["trial_key"], EPOCHS - 1))
     injector = type("Injected", (), {"injected": [{"trial": victim["ray_trial_id"],
-                                                   "epoch": AT_EPOCH}]})()
+                                                   "epoch": AT_EPOCH}], "errors": []})()
     out = Outcome("node", study_dir=copy)
     check_node(out, injector)
     assert not out.passed

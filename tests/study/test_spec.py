@@ -101,6 +101,8 @@ def test_fault_drill_refuses_unknown_scenarios_before_starting_anything(tmp_path
     assert err == ("wrf4cir-study: error: --scenarios: unknown scenario 'meteor' (choose "
                    "from node, driver, trial, checkpoint)")
     assert not storage.exists() and not ray.is_initialized()
+    assert main(["fault-drill", "--address", "ray://head:10001"]) == 2
+    assert "Ray Client addresses are not supported" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert main(["fault-drill", "--storage", str(tmp_path / "file" / "drills")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err

@@ -1,26 +1,25 @@
 """Storage that cannot take a study: refused before anything is written, or stopped in time.
 
-A disk that fills mid-study stops the driver like Ctrl-C (Tune saves its state); the
-study resumes once there is room, and a trial whose checkpoints were damaged meanwhile
-starts again from epoch 0 and says so.
+A disk that fills mid-study stops the driver the way Tune's SIGUSR1 does (it saves its
+state); the study resumes once there is room, and a trial whose checkpoints were damaged
+meanwhile starts again from epoch 0 and says so.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from study.cli import main
+from study.export import export_study
 from study.ledger import Ledger
-from study.runner import free_bytes
+from study.runner import read_meta, resume_study, run_study
+from study.spec import parse_spec
 from study.status import study_status
 from tests.study.conftest import tiny_spec, write_spec
 
@@ -76,28 +75,34 @@ def test_resume_without_room_leaves_the_study_untouched(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in study_dir.iterdir()} == snapshot
 
 
+def read(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return (pd.read_parquet(study_dir / "trials.parquet"),
+            pd.read_parquet(study_dir / "epochs.parquet"))
+
+
 def _checkpoints(trial_dir: Path) -> list[Path]:
     return sorted(trial_dir.glob("checkpoint_*/checkpoint.pt"))
 
 
-def test_a_filling_disk_stops_the_study_resumably(tmp_path):
+def test_a_filling_disk_stops_the_study_resumably(tmp_path, monkeypatch, caplog, local_ray):
+    from study import callbacks
+
     epochs = 6
     spec = tiny_spec("filling", base={**tiny_spec()["base"],
                                       "optim": {"epochs": epochs, "batch_size": 8,
                                                 "lr": 1e-3}})
-    path = write_spec(tmp_path / "spec.yaml", spec)
-    results = tmp_path / "results"
-    study_dir = results / "filling"
-    # room for Ray's start but not for the first checkpoints (~100 MB each): the run
-    # itself fills the disk past the limit
-    limit_gb = (free_bytes(tmp_path) - 150 * 2**20) / 2**30
-    cmd = [sys.executable, "-m", "study.cli"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.run([*cmd, "run", str(path), "--storage", str(results),
-                            "--min-free-gb", f"{limit_gb:.6f}"], env=env, capture_output=True,
-                           text=True, timeout=600)
-    assert first.returncode == 130, first.stderr[-3000:]
-    assert "below --min-free-gb" in first.stderr and "wrf4cir-study resume" in first.stderr
+
+    def filling(path: Path) -> int:
+        # the disk "fills" (this machine's cannot, safely) once a trial has stored a
+        # checkpoint; the start-up check reads the real disk
+        ledger = path / "ledger.sqlite"
+        return 0 if ledger.is_file() and Ledger(ledger, readonly=True).epochs() else 2**60
+
+    monkeypatch.setattr(callbacks, "free_bytes", filling)
+    study_dir = run_study(parse_spec(spec), storage=tmp_path / "results", min_free_gb=1.0)
+    monkeypatch.undo()
+    assert any("below --min-free-gb 1: stopping the study" in r.message for r in caplog.records)
+    assert read_meta(study_dir)["runs"][0]["status"] == "interrupted"
     assert "state: interrupted" in study_status(study_dir)
     trials = Ledger(study_dir / "ledger.sqlite").trials()
     assert len(trials) == 2 and {t["status"] for t in trials} <= {"running", "pending"}
@@ -105,40 +110,41 @@ def test_a_filling_disk_stops_the_study_resumably(tmp_path):
     # meanwhile the disk damaged every checkpoint of one trial
     trial_dirs = [d for d in (study_dir / "tune" / "run-000").glob("train_cir_*")
                   if _checkpoints(d)]
-    assert trial_dirs, "the guard stopped the study before any checkpoint was written"
     victim = trial_dirs[0]
     for ckpt in _checkpoints(victim):
         ckpt.write_bytes(ckpt.read_bytes()[:1000])
 
-    resumed = subprocess.run([*cmd, "resume", str(study_dir), "--min-free-gb", "0"], env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    trials = pd.read_parquet(study_dir / "trials.parquet")
-    epochs_df = pd.read_parquet(study_dir / "epochs.parquet")
+    resume_study(study_dir)  # there is room again
+    trials, epochs_df = read(export_study(study_dir))
     assert set(trials["status"]) == {"completed"} and len(trials) == 2
     assert not epochs_df.duplicated(["trial_id", "epoch"]).any()
     for _, group in epochs_df.groupby("trial_id"):
         assert sorted(group["epoch"]) == list(range(1, epochs + 1))
-    ray_id = victim.name.split("_")[2] + "_" + victim.name.split("_")[3]
+    ray_id = "_".join(victim.name.split("_")[2:4])
     row = trials[trials["trial_id"] == f"run-000/{ray_id}"].iloc[0]
     assert "no readable checkpoint left, restarted from epoch 0" in row["notes"]
+    assert "unreadable: checkpoint_" in row["notes"]
     restarted = epochs_df[epochs_df["trial_id"] == row["trial_id"]]
-    assert (restarted["trial/resumed_from"] == 0).all()
-    shutil.rmtree(study_dir / "tune", ignore_errors=True)  # ~1 GB of checkpoints
+    assert (restarted["trial/resumed_from"] == 0).all()  # every epoch from the new start
 
 
-def test_the_guard_ignores_signals_when_off(tmp_path):
-    """min-free-gb 0 never interrupts, however full the disk."""
+def test_the_guard_signals_only_below_its_limit_and_only_to_a_handler(tmp_path, caplog):
+    """It interrupts through the handler Tune installs; 0 GiB turns it off."""
     from study.callbacks import StorageGuard
 
-    guard = StorageGuard(str(tmp_path), 0.0, every_s=0)
-    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.getsignal(signal.SIGUSR1)
     hits = []
-    signal.signal(signal.SIGINT, lambda *_: hits.append(1))
     try:
-        guard.on_step_end(0, [])
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # no Tune handler: SIGUSR1 would kill
+        blind = StorageGuard(str(tmp_path), 1e6, every_s=0)
+        blind.on_step_end(0, [])
+        assert blind.tripped and "cannot interrupt this driver" in caplog.text
+        signal.signal(signal.SIGUSR1, lambda *_: hits.append(1))
+        off = StorageGuard(str(tmp_path), 0.0, every_s=0)
+        roomy = StorageGuard(str(tmp_path), 1e-6, every_s=0)
         tight = StorageGuard(str(tmp_path), 1e6, every_s=0)
-        tight.on_step_end(0, [])
+        for guard in (off, roomy, tight, tight):
+            guard.on_step_end(0, [])
     finally:
-        signal.signal(signal.SIGINT, previous)
-    assert hits == [1] and tight.tripped and not guard.tripped
+        signal.signal(signal.SIGUSR1, previous)
+    assert hits == [1] and tight.tripped and not off.tripped and not roomy.tripped
