@@ -124,6 +124,8 @@ def _tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _check_epochs(out: Outcome, trials: pd.DataFrame, epochs: pd.DataFrame,
                   complete: pd.Series) -> None:
+    out.check("2 trials in the export, none duplicated or missing",
+              len(trials) == 2 and trials["trial_id"].is_unique)
     out.check("the export has one row per (trial, epoch)",
               not epochs.duplicated(["trial_id", "epoch"]).any())
     done = trials[complete]
@@ -195,12 +197,10 @@ def check_checkpoint(out: Outcome, injector: FaultInjector) -> None:
               and "resumed from the older" in notes)
 
 
-def check_driver(out: Outcome, n_trials: int) -> None:
+def check_driver(out: Outcome) -> None:
     import optuna
 
     trials, epochs = _tables(out.study_dir)
-    out.check(f"{n_trials} trials, none duplicated or missing",
-              len(trials) == n_trials and trials["trial_id"].is_unique)
     out.check("every trial completed", (trials["status"] == "completed").all())
     _check_epochs(out, trials, epochs, trials["status"] == "completed")
     restarted = epochs[epochs["trial/resumed_from"] > 0]
@@ -213,7 +213,7 @@ def check_driver(out: Outcome, n_trials: int) -> None:
     complete = {t.user_attrs.get("ray_trial_id"): t for t in history
                 if t.state.name == "COMPLETE"}
     out.check("Optuna: one finished entry per trial",
-              len(complete) == n_trials == sum(t.state.name == "COMPLETE" for t in history))
+              len(complete) == len(trials) == sum(t.state.name == "COMPLETE" for t in history))
     same = all(ray_id in complete and complete[ray_id].value == row["last.val/headline"]
                for ray_id, row in zip(trials["trial_id"].str.split("/").str[1],
                                       trials.to_dict("records"), strict=True))
@@ -356,7 +356,7 @@ def scenario_driver(root: Path, address: str | None, ship_code: bool,
     if not out.check("`wrf4cir-study resume` succeeded", resumed.returncode == 0):
         out.error = (resumed.stderr.strip().splitlines() or ["(no output)"])[-1]
         return out
-    check_driver(out, n_trials=2)
+    check_driver(out)
     return out
 
 
@@ -400,6 +400,27 @@ def run_drill(address: str | None = None, storage: str | Path = "results/fault-d
     return _drill(address, root, scenarios, ship_code, report)
 
 
+def _sees(path: str) -> bool:
+    return os.path.isfile(path)
+
+
+def nodes_not_seeing(root: Path) -> list[str]:
+    """The alive CPU nodes on which a marker file just written under ``root`` is missing."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = root / ".drill-shared-storage-probe"
+    marker.write_text("visible from every node?\n")
+    task = ray.remote(num_cpus=0, max_retries=0)(_sees)
+    nodes = [n["NodeID"] for n in ray.nodes()
+             if n["Alive"] and n.get("Resources", {}).get("CPU", 0) > 0]
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
+            .remote(str(marker)) for n in nodes]
+    seen = ray.get(refs, timeout=120)
+    marker.unlink()
+    return [n[:12] for n, ok in zip(nodes, seen, strict=True) if not ok]
+
+
 def _drill(address: str, root: Path, scenarios: Sequence[str], ship_code: bool,
            report: Callable[[str], None]) -> list[Outcome]:
     import ray
@@ -409,6 +430,14 @@ def _drill(address: str, root: Path, scenarios: Sequence[str], ship_code: bool,
     outcomes = []
     init_ray(address, ship_code, verbose=0)
     try:
+        blind = nodes_not_seeing(root)
+        if blind:
+            message = (f"{len(blind)} node(s) cannot see {root} ({', '.join(blind)}): the "
+                       "drill's storage must be a folder every node mounts")
+            outcomes = [Outcome(name, error=message) for name in scenarios]
+            for out in outcomes:
+                report(out.lines()[0] + f"\n    error: {message}")
+            return outcomes
         for name in scenarios:
             t0 = time.time()
             try:
