@@ -148,8 +148,9 @@ class LedgerCallback(tune.Callback):
         if result.get("iterations_since_restore") == 1:
             # a new attempt: epochs an abandoned attempt reported past the checkpoint this
             # one continues from are not part of the trial's history any more
-            self.ledger.forget_epochs_after(self.key(trial),
-                                            int(result.get("trial/resumed_from") or 0))
+            start = int(result.get("trial/resumed_from") or 0)
+            self.ledger.forget_epochs_after(self.key(trial), start)
+            self.ledger.upsert_trial(self.key(trial), epochs_done=start)
         if result.get("diverged"):
             return  # the trial ends with this report; on_trial_complete records why
         epoch = result.get("epoch")

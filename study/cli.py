@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from study.defaults import MIN_FREE_GB, SCENARIOS, scenario_error
+from study.defaults import MIN_FREE_GB, SCENARIOS, drill_storage_error, scenario_error
 
 log = logging.getLogger("study")
 
@@ -184,9 +184,8 @@ def _fault_drill(args: argparse.Namespace) -> int:
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if error := scenario_error(scenarios):
         raise SpecError(error)
-    if "://" in args.storage:
-        raise SpecError(f"--storage {args.storage}: the drill needs a folder (on a cluster, "
-                        "one every node mounts), not a URI")
+    if error := drill_storage_error(args.storage):
+        raise SpecError(error)
     from study.drill import run_drill
     from study.runner import check_storage
 

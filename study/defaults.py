@@ -16,3 +16,11 @@ def scenario_error(scenarios: Sequence[str]) -> str | None:
     if bad:
         return f"--scenarios: unknown scenario {bad[0]!r} (choose from {', '.join(SCENARIOS)})"
     return None
+
+
+def drill_storage_error(storage: str) -> str | None:
+    """Why ``storage`` cannot hold the drill's studies (a URI), or None."""
+    if "://" in storage:
+        return (f"--storage {storage}: the drill needs a folder (on a cluster, one every node "
+                "mounts), not a URI")
+    return None

@@ -20,8 +20,8 @@ Without ``--address`` the drill starts its own cluster on this machine (a head n
 without CPUs and two one-CPU worker nodes) and removes it afterwards. With ``--address``
 it runs on the given cluster: the ``node`` scenario then really takes down one worker
 node's raylet (never the head's, never the driver's), which the operator or the
-autoscaler has to bring back. Studies are written under ``--storage``, which on a real
-cluster must be storage every node reaches (NFS, ``s3://``, ...).
+autoscaler has to bring back. Studies are written under ``--storage``, a folder that on
+a real cluster every node must mount (checked first, with a task on every node).
 
 Faults are injected from the driver by :class:`study.faults.FaultInjector`, the same
 mechanism on a laptop and on a cluster.
@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.defaults import SCENARIOS, scenario_error
+from study.defaults import SCENARIOS, drill_storage_error, scenario_error
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -390,7 +390,7 @@ def run_drill(address: str | None = None, storage: str | Path = "results/fault-d
     Each scenario is a new study in ``<storage>/<UTC time>/``; ``report`` gets each
     outcome's lines as soon as it is known.
     """
-    if error := scenario_error(scenarios):
+    if error := scenario_error(scenarios) or drill_storage_error(str(storage)):
         raise ValueError(error)
     root = Path(storage).expanduser().resolve() / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     root.mkdir(parents=True, exist_ok=False)
@@ -414,11 +414,19 @@ def nodes_not_seeing(root: Path) -> list[str]:
     task = ray.remote(num_cpus=0, max_retries=0)(_sees)
     nodes = [n["NodeID"] for n in ray.nodes()
              if n["Alive"] and n.get("Resources", {}).get("CPU", 0) > 0]
-    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
-            .remote(str(marker)) for n in nodes]
-    seen = ray.get(refs, timeout=120)
-    marker.unlink()
-    return [n[:12] for n, ok in zip(nodes, seen, strict=True) if not ok]
+    blind = []
+    try:
+        refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
+                .remote(str(marker)) for n in nodes]
+        for node, ref in zip(nodes, refs, strict=True):
+            try:
+                if not ray.get(ref, timeout=120):
+                    blind.append(node[:12])
+            except (ray.exceptions.RayError, TimeoutError) as exc:  # its answer is the finding
+                blind.append(f"{node[:12]}: {type(exc).__name__}")
+    finally:
+        marker.unlink(missing_ok=True)
+    return blind
 
 
 def _drill(address: str, root: Path, scenarios: Sequence[str], ship_code: bool,

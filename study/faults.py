@@ -130,7 +130,25 @@ class FaultInjector(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a resumed drill study must not strike again, least of all a cluster's node
-        self.__init__(**state, times=0)
+        self.__init__(state["kind"], state["at_epoch"], times=0,
+                      protect=state.get("protect", ()))
+
+    def _forget(self, trial: Any) -> None:
+        # the victim ended or failed before its checkpoint was registered: choose again
+        if self._pending and self._pending["trial"] == trial.trial_id:
+            self._pending = None
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
+                         **info: Any) -> None:
+        self._forget(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
+                       **info: Any) -> None:
+        self._forget(trial)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        self._forget(trial)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:

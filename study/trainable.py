@@ -23,7 +23,7 @@ from ray import tune
 
 from study.spec import Study, parse_spec
 from wrf4cir import EpochReport, NonFiniteLossError, fit
-from wrf4cir.checkpoint import CheckpointError, checkpoint_epoch, load_checkpoint
+from wrf4cir.checkpoint import CheckpointError, load_checkpoint
 from wrf4cir.config import Config
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,14 @@ def trial_config(study: Study, trial_params: dict[str, Any], out_dir: Path,
     return Config.from_dict(data)
 
 
-def restore(checkpoint: tune.Checkpoint, dest: Path) -> tuple[Path | None, str | None]:
-    """A readable copy of the trial's newest usable checkpoint, and what went wrong.
+def restore(checkpoint: tune.Checkpoint, dest: Path) -> tuple[Path | None, int, str | None]:
+    """A readable copy of the trial's newest usable checkpoint, its epoch, what went wrong.
 
     Tune hands a restarted trial its latest checkpoint. If that one cannot be read (a
     write cut off, a damaged disk), the trial's older checkpoints in storage are tried,
     newest first; if none can be read the trial starts again from epoch 0. Returns
-    ``(local copy or None, note)``; the note (None when all went well) says what happened.
+    ``(local copy or None, epoch it was saved after (0 if none), note)``; the note (None
+    when all went well) says what happened.
     """
     broken: list[str] = []
     for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
@@ -60,22 +61,23 @@ def restore(checkpoint: tune.Checkpoint, dest: Path) -> tuple[Path | None, str |
         local = dest / name
         try:
             candidate.to_directory(str(local))
-            load_checkpoint(local)  # weights_only: a checkpoint cannot run code
-        except (CheckpointError, OSError) as exc:
+            # weights_only: a checkpoint cannot run code; the epoch is the one fit resumes
+            # after (meta.json is only a summary, and may be the part that was lost)
+            epoch = int(load_checkpoint(local)["epoch"])
+        except (CheckpointError, OSError, KeyError, TypeError, ValueError) as exc:
             reason = str(exc).split(": ", 1)[-1].removeprefix("unreadable checkpoint ")
             broken.append(f"{name} {reason}")
             shutil.rmtree(local, ignore_errors=True)
             log.warning("checkpoint %s of this trial is unreadable: %s", candidate.path, exc)
             continue
         if not broken:
-            return local, None
-        note = (f"unreadable: {'; '.join(broken)}; resumed from the older {name} "
-                f"(epoch {checkpoint_epoch(local)})")
+            return local, epoch, None
+        note = f"unreadable: {'; '.join(broken)}; resumed from the older {name} (epoch {epoch})"
         log.warning(note)
-        return local, note
+        return local, epoch, note
     note = f"unreadable: {'; '.join(broken)}; no readable checkpoint left, restarted from epoch 0"
     log.warning(note)
-    return None, note
+    return None, 0, note
 
 
 def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
@@ -119,10 +121,9 @@ def make_trainable(spec_data: dict[str, Any], cache_dir: str | None):
         start, note = 0, None
         if tune.get_checkpoint() is not None:
             # continue from what Tune restored, not from epoch 0
-            local, note = restore(tune.get_checkpoint(), out_dir / "restored")
+            local, start, note = restore(tune.get_checkpoint(), out_dir / "restored")
             if local is not None:
                 config.run.resume = str(local)
-                start = checkpoint_epoch(local) or 0
         constants = {"cell": trial_params[CELL], "max_epochs": float(config.optim.epochs),
                      "hostname": socket.gethostname(), "diverged": 0.0,
                      # which Ray node ran it (Tune adds the process id as "pid")
