@@ -17,7 +17,7 @@ from ray import tune
 from study.ledger import Ledger
 from study.runner import free_bytes
 from study.spec import parse_spec
-from study.trainable import CELL, PARAMS, REPEAT
+from study.trainable import CELL, PARAMS, REPEAT, tune_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -261,16 +261,10 @@ class StorageGuard(tune.Callback):
 
 def drop_checkpoints(trial: Any) -> None:
     """Delete a finished trial's checkpoints from the study's storage (any file system)."""
-    from pyarrow import fs as pafs
-
     try:
-        storage = trial.storage
-        infos = storage.storage_filesystem.get_file_info(
-            pafs.FileSelector(storage.trial_fs_path, allow_not_found=True))
-        for info in infos:
-            if info.type == pafs.FileType.Directory and info.base_name.startswith(
-                    "checkpoint_"):
-                storage.storage_filesystem.delete_dir(info.path)
+        filesystem = trial.storage.storage_filesystem
+        for path in tune_checkpoints(filesystem, trial.storage.trial_fs_path):
+            filesystem.delete_dir(path)
     except Exception as exc:  # noqa: BLE001 - losing disk space is not worth a crash
         log.warning("could not delete the checkpoints of %s: %s", trial.trial_id, exc)
 

@@ -134,9 +134,11 @@ def _check_epochs(out: Outcome, trials: pd.DataFrame, epochs: pd.DataFrame,
     out.check(f"completed trials have epochs 1..{EPOCHS}, no gap", ok and len(done) > 0)
 
 
-def _victim_rows(epochs: pd.DataFrame, trials: pd.DataFrame, ray_id: str) -> pd.DataFrame:
-    ids = trials.loc[trials["trial_id"].str.endswith("/" + ray_id), "trial_id"]
-    return epochs[epochs["trial_id"].isin(ids)]
+def _victim(trials: pd.DataFrame, epochs: pd.DataFrame, ray_id: str
+            ) -> tuple[pd.Series, pd.DataFrame]:
+    """Which rows of ``trials`` are Tune trial ``ray_id``, and that trial's epoch rows."""
+    is_victim = trials["trial_id"].str.endswith("/" + ray_id)
+    return is_victim, epochs[epochs["trial_id"].isin(trials.loc[is_victim, "trial_id"])]
 
 
 def check_node(out: Outcome, injector: FaultInjector) -> None:
@@ -146,11 +148,11 @@ def check_node(out: Outcome, injector: FaultInjector) -> None:
     _check_epochs(out, trials, epochs, trials["status"] == "completed")
     if injector.injected:
         fault = injector.injected[0]
-        rows = _victim_rows(epochs, trials, fault["trial"])
-        resumed = rows["trial/resumed_from"].max() if len(rows) else 0
+        is_victim, rows = _victim(trials, epochs, fault["trial"])
+        resumed = rows["trial/resumed_from"].max()  # NaN if it has none: every check fails
         out.check(f"the victim restarted from its checkpoint (epoch {resumed:g}), not from 0",
                   resumed >= fault["epoch"])
-        row = trials[trials["trial_id"].str.endswith("/" + fault["trial"])]
+        row = trials[is_victim]
         out.check("the victim's failure was counted", len(row) == 1
                   and int(row["failures"].iloc[0]) >= 1)
 
@@ -161,17 +163,15 @@ def check_trial(out: Outcome, injector: FaultInjector, max_failures: int) -> Non
     trials, epochs = _tables(out.study_dir)
     if not injector.injected:
         return
-    ray_id = injector.injected[0]["trial"]
-    is_victim = trials["trial_id"].str.endswith("/" + ray_id)
+    is_victim, rows = _victim(trials, epochs, injector.injected[0]["trial"])
     victim = trials[is_victim]
     out.check("the victim is recorded as errored",
               len(victim) == 1 and victim["status"].iloc[0] == "errored")
     reason = str(victim["error"].iloc[0]) if len(victim) else ""
     out.check(f"with the reason ({reason[:90]})", "died" in reason.lower()
               or "killed" in reason.lower())
-    rows = _victim_rows(epochs, trials, ray_id)
     out.check("it was retried from its checkpoint, not from epoch 0",
-              len(rows) and rows["trial/resumed_from"].max() >= AT_EPOCH)
+              rows["trial/resumed_from"].max() >= AT_EPOCH)
     others = trials[~is_victim]
     out.check("the other trials completed", len(others) > 0
               and (others["status"] == "completed").all())
@@ -187,11 +187,11 @@ def check_checkpoint(out: Outcome, injector: FaultInjector) -> None:
     if not injector.injected:
         return
     fault = injector.injected[0]
-    rows = _victim_rows(epochs, trials, fault["trial"])
-    resumed = rows["trial/resumed_from"].max() if len(rows) else 0
+    is_victim, rows = _victim(trials, epochs, fault["trial"])
+    resumed = rows["trial/resumed_from"].max()
     out.check(f"the victim resumed from the checkpoint before it (epoch {resumed:g})",
               0 < resumed < fault["epoch"])
-    row = trials[trials["trial_id"].str.endswith("/" + fault["trial"])]
+    row = trials[is_victim]
     notes = str(row["notes"].iloc[0]) if len(row) else ""
     out.check("and says so in its notes", "unreadable: checkpoint_" in notes
               and "resumed from the older" in notes)
@@ -407,17 +407,16 @@ def _sees(path: str) -> bool:
 def nodes_not_seeing(root: Path) -> list[str]:
     """The alive CPU nodes on which a marker file just written under ``root`` is missing."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from study.faults import run_on_node
 
     marker = root / ".drill-shared-storage-probe"
     marker.write_text("visible from every node?\n")
-    task = ray.remote(num_cpus=0, max_retries=0)(_sees)
     nodes = [n["NodeID"] for n in ray.nodes()
              if n["Alive"] and n.get("Resources", {}).get("CPU", 0) > 0]
     blind = []
     try:
-        refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
-                .remote(str(marker)) for n in nodes]
+        refs = [run_on_node(_sees, node, str(marker)) for node in nodes]
         for node, ref in zip(nodes, refs, strict=True):
             try:
                 if not ray.get(ref, timeout=120):

@@ -14,19 +14,24 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 log = logging.getLogger(__name__)
 
 
-def _pinned(node_id: str):
+def run_on_node(fn: Callable[..., Any], node_id: str, *args: Any) -> Any:
+    """Start ``fn(*args)`` as a zero-CPU, never-retried Ray task on node ``node_id``;
+    returns its object ref."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    pinned = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    return task.options(scheduling_strategy=pinned).remote(*args)
 
 
 def _process_name(pid: int) -> str:
@@ -56,18 +61,12 @@ def _sigkill_raylet() -> str:
 
 def kill_process(node_id: str, pid: int) -> None:
     """SIGKILL process ``pid`` on Ray node ``node_id`` (through a task pinned there)."""
-    import ray
-
-    task = ray.remote(num_cpus=0, max_retries=0)(_sigkill)
-    ray.get(task.options(scheduling_strategy=_pinned(node_id)).remote(pid), timeout=60)
+    ray.get(run_on_node(_sigkill, node_id, pid), timeout=60)
 
 
 def kill_node(node_id: str) -> None:
     """SIGKILL the raylet of Ray node ``node_id``: the node and its workers die."""
-    import ray
-
-    task = ray.remote(num_cpus=0, max_retries=0)(_sigkill_raylet)
-    ref = task.options(scheduling_strategy=_pinned(node_id)).remote()
+    ref = run_on_node(_sigkill_raylet, node_id)
     # the task's own process dies with its raylet; an error here is expected
     with contextlib.suppress(ray.exceptions.RayError):
         ray.get(ref, timeout=30)
@@ -94,8 +93,6 @@ def truncate_checkpoint(checkpoint: tune.Checkpoint) -> str:
 
 def protected_nodes() -> set[str]:
     """Nodes the drill must never kill: the head node and the node of this driver."""
-    import ray
-
     heads = {n["NodeID"] for n in ray.nodes()
              if "node:__internal_head__" in n.get("Resources", {})}
     return heads | {ray.get_runtime_context().get_node_id()}

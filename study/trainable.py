@@ -80,20 +80,27 @@ def restore(checkpoint: tune.Checkpoint, dest: Path) -> tuple[Path | None, int, 
     return None, 0, note
 
 
-def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
-    # Tune keeps a trial's last `checkpoint.keep` checkpoints side by side in storage, as
-    # checkpoint_000007/, checkpoint_000006/, ...
+def tune_checkpoints(filesystem: Any, trial_path: str) -> list[str]:
+    """Paths of the checkpoints Tune keeps for a trial in storage, oldest first.
+
+    Tune keeps a trial's last ``checkpoint.keep`` checkpoints side by side in its folder,
+    as ``checkpoint_000006/``, ``checkpoint_000007/``, ...
+    """
     from pyarrow import fs as pafs
 
+    infos = filesystem.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.Directory
+                  and i.base_name.startswith("checkpoint_"))
+
+
+def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     parent, name = os.path.split(checkpoint.path.rstrip("/"))
     try:
-        infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+        paths = tune_checkpoints(checkpoint.filesystem, parent)
     except OSError:
         return []
-    older = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
-                    and i.base_name.startswith("checkpoint_") and i.base_name < name),
-                   reverse=True)
-    return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for path in older]
+    return [tune.Checkpoint(path, filesystem=checkpoint.filesystem)
+            for path in reversed(paths) if os.path.basename(path) < name]
 
 
 _STUDIES: dict[str, Study] = {}

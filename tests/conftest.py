@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,10 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("WRF4CIR_CACHE", None)
     else:
         os.environ["WRF4CIR_CACHE"] = old
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
 
 
 # small enough for a fit in a few seconds on 2 CPU cores

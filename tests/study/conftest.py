@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -26,6 +27,12 @@ def tiny_spec(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
                             "resources": {"cpu": 1}}
     spec.update(copy.deepcopy(overrides))
     return spec
+
+
+def read_export(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A study's exported ``(trials.parquet, epochs.parquet)``."""
+    return (pd.read_parquet(study_dir / "trials.parquet"),
+            pd.read_parquet(study_dir / "epochs.parquet"))
 
 
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import shutil
 import sqlite3
 
-import pandas as pd
 import pytest
 
 from study.drill import AT_EPOCH, EPOCHS, SCENARIOS, Outcome, check_node, run_drill
 from study.ledger import Ledger
 from study.status import study_status
+from tests.study.conftest import read_export
 
 pytestmark = pytest.mark.cluster
 
@@ -40,8 +40,7 @@ def test_scenario_passes_on_a_multinode_cluster(drill, scenario):
 
 def test_a_killed_node_costs_no_epoch(drill):
     study_dir = drill[0]["node"].study_dir
-    trials = pd.read_parquet(study_dir / "trials.parquet")
-    epochs = pd.read_parquet(study_dir / "epochs.parquet")
+    trials, epochs = read_export(study_dir)
     victim = trials[trials["failures"] > 0]
     assert len(victim) == 1 and victim["status"].iloc[0] == "completed"
     rows = epochs[epochs["trial_id"] == victim["trial_id"].iloc[0]]
@@ -53,7 +52,7 @@ def test_a_killed_node_costs_no_epoch(drill):
 
 def test_killed_trial_process_says_why_it_errored(drill):
     study_dir = drill[0]["trial"].study_dir
-    trials = pd.read_parquet(study_dir / "trials.parquet")
+    trials, _ = read_export(study_dir)
     errored = trials[trials["status"] == "errored"]
     assert len(errored) == 1
     assert errored["failures"].iloc[0] == 2  # first attempt + max_failures=1 retry

@@ -14,21 +14,16 @@ from study.ledger import Ledger
 from study.runner import StudyError, driver_lock, extend_study, resume_study, run_study
 from study.spec import SpecError, parse_spec
 from study.status import study_status
-from tests.study.conftest import tiny_spec
+from tests.study.conftest import read_export, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("local_ray")
-
-
-def read(study_dir):
-    return (pd.read_parquet(study_dir / "trials.parquet"),
-            pd.read_parquet(study_dir / "epochs.parquet"))
 
 
 def test_grid_study_runs_every_cell_and_exports_typed_parquet(tmp_path):
     study = parse_spec(tiny_spec("grid", repeat=2))
     study_dir = run_study(study, storage=tmp_path)
     export_study(study_dir)
-    trials, epochs = read(study_dir)
+    trials, epochs = read_export(study_dir)
     assert len(trials) == 4  # 2 cells x 2 repeats
     assert set(trials["status"]) == {"completed"}
     assert sorted(trials["config.perturb.radius"]) == [0.0, 0.0, 0.01, 0.01]
@@ -84,10 +79,10 @@ def test_export_schema_matches_the_schema_module(tmp_path):
 
 def test_extend_adds_seeds_and_keeps_the_old_trials(tmp_path):
     study_dir = run_study(parse_spec(tiny_spec("ext")), storage=tmp_path)
-    before, _ = read(export_study(study_dir))
+    before, _ = read_export(export_study(study_dir))
     assert len(_checkpoints(study_dir)) == 2 * 2  # kept by default: 2 trials x keep 2
     extend_study(study_dir, samples=1)
-    after, epochs = read(export_study(study_dir))
+    after, epochs = read_export(export_study(study_dir))
     assert len(after) == 4 and set(after["run"]) == {"run-000", "run-001"}
     old = after[after["run"] == "run-000"].set_index("trial_id")
     pd.testing.assert_series_equal(old["last.val/headline"],
@@ -109,7 +104,7 @@ def test_grid_by_search_tunes_each_cell_with_its_own_optuna_study(tmp_path):
                      search=SEARCH, scheduler={"grace_period": 1, "reduction_factor": 2},
                      base={**tiny_spec()["base"], "optim": {"epochs": 3, "batch_size": 8}})
     study_dir = run_study(parse_spec(spec), storage=tmp_path)
-    trials, _ = read(export_study(study_dir))
+    trials, _ = read_export(export_study(study_dir))
     assert len(trials) == 6 and trials.groupby("cell").size().tolist() == [3, 3]
     storage = f"sqlite:///{study_dir}/optuna.db"
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
@@ -132,7 +127,7 @@ def test_grid_by_search_tunes_each_cell_with_its_own_optuna_study(tmp_path):
                 assert row["status"] == "stopped_early" and row["epochs_done"] < 3
     # extend: more Optuna trials on the same searches, the history kept
     extend_study(study_dir, samples=1)
-    trials, _ = read(export_study(study_dir))
+    trials, _ = read_export(export_study(study_dir))
     assert len(trials) == 8
     for name in names:
         assert len(optuna.load_study(study_name=name, storage=storage).trials) == 4
@@ -148,7 +143,7 @@ def test_diverging_trial_is_errored_with_its_reason_and_failed_in_optuna(tmp_pat
                              "objectives": [{"metric": "val/headline", "mode": "max"}],
                              "space": {"optim.lr": {"choice": [1e-3, 1e12]}}})
     study_dir = run_study(parse_spec(spec), storage=tmp_path)
-    trials, _ = read(export_study(study_dir))
+    trials, _ = read_export(export_study(study_dir))
     bad = trials[trials["config.optim.lr"] == 1e12].iloc[0]
     good = trials[trials["config.optim.lr"] == 1e-3].iloc[0]
     assert bad["status"] == "errored" and "loss is" in bad["error"] and "epoch" in bad["error"]
@@ -177,7 +172,7 @@ def test_uri_storage_keeps_checkpoints_there_and_the_ledger_local(tmp_path, monk
     study_dir = run_study(parse_spec(tiny_spec("uri", grid={})), storage=f"file://{remote}")
     assert study_dir == tmp_path / "results" / "uri"
     assert (remote / "uri" / "run-000").is_dir()
-    trials, _ = read(export_study(study_dir))
+    trials, _ = read_export(export_study(study_dir))
     assert list(trials["status"]) == ["completed"]
     resume_study(study_dir)  # finds the Tune state through the URI; nothing left to do
 
@@ -188,7 +183,7 @@ def test_a_failing_trial_is_retried_then_errored_and_the_others_finish(tmp_path)
     spec = tiny_spec("fail", grid={"model.pretrained": [None, str(bad)]},
                      failure={"max_failures": 1})
     study_dir = run_study(parse_spec(spec), storage=tmp_path / "results")
-    trials, _ = read(export_study(study_dir))
+    trials, _ = read_export(export_study(study_dir))
     broken = trials[trials["config.model.pretrained"] == str(bad)].iloc[0]
     assert broken["status"] == "errored" and broken["failures"] == 2  # first try + 1 retry
     assert "cannot load" in broken["error"]

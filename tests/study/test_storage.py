@@ -12,7 +12,6 @@ import os
 import signal
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from study.cli import main
@@ -21,7 +20,7 @@ from study.ledger import Ledger
 from study.runner import read_meta, resume_study, run_study
 from study.spec import parse_spec
 from study.status import study_status
-from tests.study.conftest import tiny_spec, write_spec
+from tests.study.conftest import read_export, tiny_spec, write_spec
 
 
 def _unwritable(tmp_path: Path) -> Path:
@@ -75,11 +74,6 @@ def test_resume_without_room_leaves_the_study_untouched(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in study_dir.iterdir()} == snapshot
 
 
-def read(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return (pd.read_parquet(study_dir / "trials.parquet"),
-            pd.read_parquet(study_dir / "epochs.parquet"))
-
-
 def _checkpoints(trial_dir: Path) -> list[Path]:
     return sorted(trial_dir.glob("checkpoint_*/checkpoint.pt"))
 
@@ -115,7 +109,7 @@ def test_a_filling_disk_stops_the_study_resumably(tmp_path, monkeypatch, caplog,
         ckpt.write_bytes(ckpt.read_bytes()[:1000])
 
     resume_study(study_dir)  # there is room again
-    trials, epochs_df = read(export_study(study_dir))
+    trials, epochs_df = read_export(export_study(study_dir))
     assert set(trials["status"]) == {"completed"} and len(trials) == 2
     assert not epochs_df.duplicated(["trial_id", "epoch"]).any()
     for _, group in epochs_df.groupby("trial_id"):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import wrf4cir.data.cirr  # noqa: F401  (registers "cirr")
+from tests.conftest import read_json
 from tests.wrf4cir.release_fixtures import cirr_name, image_color, write_cirr
 from wrf4cir.data.base import CIRDataset, DataError, Query, build_dataset
 from wrf4cir.data.cirr import CIRR, build_cirr
@@ -29,16 +30,12 @@ def fresh(cirr: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(cirr, tmp_path / "release"))
 
 
-def read(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 def caps(root: Path, split: str) -> list[dict[str, Any]]:
-    return read(root / "cirr" / "captions" / f"cap.rc2.{split}.json")
+    return read_json(root / "cirr" / "captions" / f"cap.rc2.{split}.json")
 
 
 def split_map(root: Path, split: str) -> dict[str, str]:
-    return read(root / "cirr" / "image_splits" / f"split.rc2.{split}.json")
+    return read_json(root / "cirr" / "image_splits" / f"split.rc2.{split}.json")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -159,7 +156,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _edit_json(path: Path, change: Callable[[Any], Any]) -> None:
-    path.write_text(json.dumps(change(read(path))))
+    path.write_text(json.dumps(change(read_json(path))))
 
 
 def _entry0(change: Callable[[dict], None]) -> Callable[[list], list]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import wrf4cir.data.fashioniq  # noqa: F401  (registers "fashioniq")
+from tests.conftest import read_json
 from tests.wrf4cir.release_fixtures import (
     JPEG_TOLERANCE,
     fashioniq_name,
@@ -64,16 +65,12 @@ def fresh(fiq: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(fiq, tmp_path / "release"))
 
 
-def read(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 def caps(root: Path, cat: str, split: str) -> list[dict[str, Any]]:
-    return read(root / "captions" / f"cap.{cat}.{split}.json")
+    return read_json(root / "captions" / f"cap.{cat}.{split}.json")
 
 
 def split_list(root: Path, cat: str, split: str) -> list[str]:
-    return read(root / "image_splits" / f"split.{cat}.{split}.json")
+    return read_json(root / "image_splits" / f"split.{cat}.{split}.json")
 
 
 # --------------------------------------------------------------------------- texts
@@ -164,7 +161,7 @@ def test_single_category_has_no_parts_and_lists_are_ordered(fiq):
 def test_gallery_is_deduplicated_in_first_occurrence_order(fresh):
     dress = split_list(fresh, "dress", "val")
     path = fresh / "image_splits" / "split.shirt.val.json"
-    shirt = read(path)
+    shirt = read_json(path)
     path.write_text(json.dumps(shirt + [dress[0], shirt[0]]))
     ds = build_fashioniq(fresh, "val")
     assert ds.gallery == dress + shirt + split_list(fresh, "toptee", "val")
@@ -264,7 +261,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _edit_json(path: Path, change: Callable[[Any], Any]) -> None:
-    path.write_text(json.dumps(change(read(path))))
+    path.write_text(json.dumps(change(read_json(path))))
 
 
 def _set(obj: dict, key: str, value: Any) -> dict:

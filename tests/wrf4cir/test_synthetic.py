@@ -15,6 +15,7 @@ import pytest
 from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
+from tests.conftest import read_json
 from wrf4cir.data import synthetic as syn
 from wrf4cir.data.base import CIRDataset, DataError, Query, build_dataset
 from wrf4cir.data.synthetic import (
@@ -57,17 +58,13 @@ def kind_root(request: pytest.FixtureRequest, shapes_root: Path,
     return request.param, shapes_root if request.param == "shapes" else scenes_root
 
 
-def read(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 def files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
 
 
 def objects_by_image(root: Path) -> dict[str, list[dict[str, str]]]:
-    return {rec["image"]: rec["objects"] for rec in read(root / "captions.json")}
+    return {rec["image"]: rec["objects"] for rec in read_json(root / "captions.json")}
 
 
 def pixels(root: Path, name: str) -> np.ndarray:
@@ -130,9 +127,9 @@ def test_val_does_not_shift_with_the_train_pool_size(kind: str, tmp_path: Path, 
     first = shapes_root if kind == "shapes" else scenes_root
     other = generate(NAMES[kind], tmp_path / "t30",
                      SyntheticRecipe(kind=kind, train_triplets=30, val_triplets=20))
-    assert read(other / "splits" / "train.json") != read(first / "splits" / "train.json")
-    val = read(first / "splits" / "val.json")
-    assert read(other / "splits" / "val.json") == val
+    assert read_json(other / "splits" / "train.json") != read_json(first / "splits" / "train.json")
+    val = read_json(first / "splits" / "val.json")
+    assert read_json(other / "splits" / "val.json") == val
     for name in val["images"]:
         rel = Path("images") / f"{name}.png"
         assert (other / rel).read_bytes() == (first / rel).read_bytes()
@@ -157,12 +154,12 @@ def test_layout_and_json_keys(kind_root: tuple[str, Path]) -> None:
     kind, root = kind_root
     assert sorted(p.name for p in root.iterdir()) == [
         "captions.json", "dataset.json", "images", "splits"]
-    header = read(root / "dataset.json")
+    header = read_json(root / "dataset.json")
     assert set(header) == {"name", "format_version", "recipe", "counts"}
     assert header["name"] == NAMES[kind] and header["format_version"] == 1
     assert header["recipe"] == SyntheticRecipe(kind=kind, **SMALL).to_dict()
 
-    captions = read(root / "captions.json")
+    captions = read_json(root / "captions.json")
     names = [rec["image"] for rec in captions]
     assert names == sorted(names)
     assert sorted(p.name for p in (root / "images").iterdir()) == [f"{n}.png" for n in names]
@@ -179,7 +176,7 @@ def test_layout_and_json_keys(kind_root: tuple[str, Path]) -> None:
 
     split_images: list[str] = []
     for split, wanted in (("train", 60), ("val", 20)):
-        data = read(root / "splits" / f"{split}.json")
+        data = read_json(root / "splits" / f"{split}.json")
         assert set(data) == {"images", "triplets"}
         assert data["images"] == sorted(data["images"])
         assert len(data["triplets"]) == wanted == header["counts"][f"{split}_triplets"]
@@ -199,8 +196,8 @@ def test_shapes_has_one_image_per_state_and_unseen_val_combinations(shapes_root:
     states = {tuple(sorted(o[0].items())) for o in objs.values()}
     assert all(len(o) == 1 for o in objs.values())
     assert len(objs) == len(states) == len(SHAPES) * len(COLORS) * len(SIZES) * len(POSITIONS)
-    train = read(shapes_root / "splits" / "train.json")["images"]
-    val = read(shapes_root / "splits" / "val.json")["images"]
+    train = read_json(shapes_root / "splits" / "train.json")["images"]
+    val = read_json(shapes_root / "splits" / "val.json")["images"]
     assert not set(train) & set(val)
     assert len(train) == round(0.6 * len(objs))
     train_states = {tuple(sorted(objs[n][0].items())) for n in train}
@@ -212,8 +209,8 @@ def test_scenes_splits_are_disjoint_and_val_has_distractors(scenes_root: Path) -
     objs = objects_by_image(scenes_root)
     key = {n: json.dumps(o, sort_keys=True) for n, o in objs.items()}
     assert len(set(key.values())) == len(key)  # no scene twice, across splits too
-    train = read(scenes_root / "splits" / "train.json")
-    val = read(scenes_root / "splits" / "val.json")
+    train = read_json(scenes_root / "splits" / "train.json")
+    val = read_json(scenes_root / "splits" / "val.json")
     assert not set(train["images"]) & set(val["images"])
     assert all(2 <= len(o) <= 4 for o in objs.values())
     assert len({len(o) for o in objs.values()}) == 3
@@ -230,7 +227,7 @@ def test_every_target_is_the_reference_with_the_edit_applied(kind_root: tuple[st
     objs = objects_by_image(root)
     seen_types = set()
     for split in ("train", "val"):
-        for t in read(root / "splits" / f"{split}.json")["triplets"]:
+        for t in read_json(root / "splits" / f"{split}.json")["triplets"]:
             seen_types.add(t["edit"]["type"])
             assert objs[t["target"]] == apply_edit(objs[t["reference"]], t["edit"]), t
     assert seen_types == set(syn.SHAPES_EDITS if kind == "shapes" else syn.SCENES_EDITS)
@@ -238,7 +235,7 @@ def test_every_target_is_the_reference_with_the_edit_applied(kind_root: tuple[st
 
 def test_shapes_texts_name_the_object_and_the_new_value(shapes_root: Path) -> None:
     for split in ("train", "val"):
-        for t in read(shapes_root / "splits" / f"{split}.json")["triplets"]:
+        for t in read_json(shapes_root / "splits" / f"{split}.json")["triplets"]:
             text, edit = t["text"], t["edit"]
             words = text.split()
             assert edit["object"]["shape"] in words, t
@@ -257,7 +254,7 @@ def test_scenes_texts_identify_the_object_uniquely(tmp_path: Path) -> None:
                          rf"(?: at the ({POS_RE}))?")
     disambiguated = {"size": 0, "position": 0}
     for split in ("train", "val"):
-        for t in read(root / "splits" / f"{split}.json")["triplets"]:
+        for t in read_json(root / "splits" / f"{split}.json")["triplets"]:
             text, edit, obj = t["text"], t["edit"], t["edit"]["object"]
             if edit["type"] == "add":
                 assert text.endswith(f"{obj['size']} {obj['color']} {obj['shape']} at the "
@@ -291,7 +288,7 @@ def test_texts_and_captions_fit_the_tiny_clip_context(shapes_root: Path, scenes_
     for root in (shapes_root, scenes_root):
         strings += [c for _, c in load_caption_pairs(root)]
         for split in ("train", "val"):
-            strings += [t["text"] for t in read(root / "splits" / f"{split}.json")["triplets"]]
+            strings += [t["text"] for t in read_json(root / "splits" / f"{split}.json")["triplets"]]
     # The longest possible caption: four large cyan (two BPE tokens) triangles in the
     # longest cells.
     worst = [syn._Obj("triangle", "cyan", "large", p) for p in
@@ -303,7 +300,7 @@ def test_texts_and_captions_fit_the_tiny_clip_context(shapes_root: Path, scenes_
 
 def test_captions_describe_the_objects(kind_root: tuple[str, Path]) -> None:
     _, root = kind_root
-    for rec in read(root / "captions.json"):
+    for rec in read_json(root / "captions.json"):
         parts = rec["caption"].split(", ")
         assert len(parts) == len(rec["objects"])
         for part, o in zip(parts, rec["objects"], strict=True):
@@ -359,7 +356,7 @@ def test_large_objects_are_larger_and_positions_are_jittered(shapes_root: Path) 
 
 def test_edits_keep_unchanged_objects_in_place(scenes_root: Path) -> None:
     objs = objects_by_image(scenes_root)
-    for t in read(scenes_root / "splits" / "val.json")["triplets"]:
+    for t in read_json(scenes_root / "splits" / "val.json")["triplets"]:
         ref, tgt = pixels(scenes_root, t["reference"]), pixels(scenes_root, t["target"])
         before = {o["position"]: o for o in objs[t["reference"]]}
         after = {o["position"]: o for o in objs[t["target"]]}
@@ -379,7 +376,7 @@ def test_loader_round_trip(kind_root: tuple[str, Path]) -> None:
     kind, root = kind_root
     for split in ("train", "val"):
         ds = build_dataset(NAMES[kind], root, split)
-        data = read(root / "splits" / f"{split}.json")
+        data = read_json(root / "splits" / f"{split}.json")
         assert isinstance(ds, SyntheticDataset) and isinstance(ds, CIRDataset)
         assert (ds.name, ds.split, ds.protocol, ds.root) == (NAMES[kind], split, "synthetic", root)
         assert ds.queries == [Query(t["reference"], t["target"], t["text"])
@@ -394,7 +391,7 @@ def test_loader_round_trip(kind_root: tuple[str, Path]) -> None:
         img = ds.image(name)
         assert img.mode == "RGB" and img.size == (64, 64)
         assert np.array_equal(np.asarray(img), pixels(root, name))
-        caption = next(r for r in read(root / "captions.json") if r["image"] == name)
+        caption = next(r for r in read_json(root / "captions.json") if r["image"] == name)
         assert ds.caption(name) == caption["caption"]
         assert ds.objects(name) == caption["objects"]
 
@@ -442,7 +439,7 @@ def test_concurrent_generation_of_one_root(tmp_path: Path) -> None:
                                 range(2)))
     assert results == [root, root]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared", "shared.lock"]
-    assert read(root / "dataset.json")["recipe"] == SCENES_RECIPE.to_dict()
+    assert read_json(root / "dataset.json")["recipe"] == SCENES_RECIPE.to_dict()
 
 
 def test_a_crash_leaves_no_partial_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -465,12 +462,12 @@ def test_caption_pairs_are_deterministic_and_mixed(tmp_path: Path) -> None:
     fa, fb, fc = files(a), files(b), files(c)
     assert fa == fb and fa != fc
     assert sorted(p.name for p in a.iterdir()) == ["captions.json", "dataset.json", "images"]
-    header = read(a / "dataset.json")
+    header = read_json(a / "dataset.json")
     assert header["recipe"] == {"kind": "captions", "n": 200, "seed": 5, "image_size": 32}
     pairs = load_caption_pairs(a)
     assert len(pairs) == 200 and all(p.is_file() for p, _ in pairs)
     assert Image.open(pairs[0][0]).size == (32, 32)
-    counts = [len(rec["objects"]) for rec in read(a / "captions.json")]
+    counts = [len(rec["objects"]) for rec in read_json(a / "captions.json")]
     assert {1, 2, 3, 4} <= set(counts) and set(counts) <= {1, 2, 3, 4}
     assert all(caption for _, caption in pairs)
     with pytest.raises(DataError, match=r"\"n\": 10"):  # same root, other recipe
@@ -525,7 +522,7 @@ def test_wrong_dataset_name_in_root(shapes_root: Path) -> None:
 ])
 def test_malformed_split_file(copy_root: Path, mutate: Any, problem: str) -> None:
     path = copy_root / "splits" / "val.json"
-    path.write_text(mutate(read(path)))
+    path.write_text(mutate(read_json(path)))
     with pytest.raises(DataError, match=problem) as err:
         build_dataset("synthetic-shapes", copy_root, "val")
     assert str(path) in str(err.value)
