@@ -154,7 +154,8 @@ def make_trainable(spec_data: dict[str, Any], cache_dir: str | None):
             fit(config, callbacks=[report])
         except NonFiniteLossError as exc:
             # deterministic: retrying would diverge again; end the trial and say why
-            tune.report({**constants, "diverged": 1.0, "error": str(exc)})
+            tune.report({**constants, "diverged": 1.0, "error": str(exc),
+                         **({"note": note} if note else {})})
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
